@@ -1,0 +1,189 @@
+//! The daemon: connect, serve, publish core events, stop cleanly.
+//!
+//! Shutdown (SIGTERM, SIGINT, or losing `org.himalaya.Sync`): every run is stopped safely
+//! (SIGTERM to mbsync's group, SIGKILL after the grace period), reaped, its locks released, then
+//! the process exits 0.
+
+use std::collections::BTreeMap;
+
+use futures_util::StreamExt;
+use tokio::{signal::unix, sync::mpsc};
+use zbus::{Connection, connection, fdo::DBusProxy, object_server::InterfaceRef};
+
+use super::{
+    BUS_NAME, PATH,
+    account::Account,
+    lock::BusLocks,
+    record::to_dict,
+    service::{Service, ServiceSignals},
+};
+use crate::{
+    core::{Core, CoreEvent, Settings},
+    names,
+};
+
+/// Errors that keep the daemon from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("cannot connect to the session bus: {0}")]
+    Connect(zbus::Error),
+    #[error("another himalaya-sync daemon already owns {BUS_NAME} on this bus")]
+    NameTaken,
+    #[error("D-Bus error: {0}")]
+    Bus(#[from] zbus::Error),
+    #[error("cannot install a signal handler: {0}")]
+    Signal(#[from] std::io::Error),
+}
+
+/// Run the daemon on the session bus until asked to stop.
+///
+/// # Errors
+/// The bus cannot be reached or the name is taken.
+pub async fn run(settings: Settings) -> Result<(), DaemonError> {
+    // Connect without a name first: the objects must be served before the name is taken, and
+    // the lock needs the connection the objects live on.
+    let conn = connection::Builder::session()
+        .build()
+        .await
+        .map_err(DaemonError::Connect)?;
+    let (tx, rx) = mpsc::unbounded_channel();
+    let core = Core::new(settings, BusLocks::new(conn.clone()), tx);
+    serve(&conn, core.clone(), rx).await?;
+
+    let dbus = DBusProxy::new(&conn).await?;
+    let mut lost = dbus.receive_name_lost().await?;
+    let flags = zbus::fdo::RequestNameFlags::DO_NOT_QUEUE;
+    match conn.request_name_with_flags(BUS_NAME, flags).await {
+        Ok(zbus::fdo::RequestNameReply::PrimaryOwner) => {}
+        Ok(_) | Err(zbus::Error::NameTaken) => return Err(DaemonError::NameTaken),
+        Err(err) => return Err(err.into()),
+    }
+    tracing::info!("serving {BUS_NAME}");
+
+    let mut term = unix::signal(unix::SignalKind::terminate())?;
+    let mut int = unix::signal(unix::SignalKind::interrupt())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            signal = lost.next() => match signal {
+                Some(s) if s.args().is_ok_and(|a| a.name.as_str() == BUS_NAME) => {
+                    tracing::warn!("lost {BUS_NAME}; shutting down");
+                    break;
+                }
+                Some(_) => {}
+                None => break,
+            },
+            () = conn.closed() => {
+                tracing::warn!("the bus connection closed; shutting down");
+                break;
+            }
+        }
+    }
+    tracing::info!("shutting down");
+    core.shutdown().await;
+    Ok(())
+}
+
+/// Serve the objects on `conn` and publish core events there. Does not take the bus name.
+///
+/// # Errors
+/// An object cannot be registered.
+pub async fn serve(
+    conn: &Connection,
+    core: Core<BusLocks>,
+    events: mpsc::UnboundedReceiver<CoreEvent>,
+) -> zbus::Result<()> {
+    let server = conn.object_server();
+    server.at(PATH, Service { core: core.clone() }).await?;
+    let service: InterfaceRef<Service> = server.interface(PATH).await?;
+    let mut accounts = BTreeMap::new();
+    sync_account_objects(conn, &core, &mut accounts).await;
+    tokio::spawn(publish(conn.clone(), core, service, accounts, events));
+    Ok(())
+}
+
+/// Add objects for new accounts, remove those of vanished ones.
+async fn sync_account_objects(
+    conn: &Connection,
+    core: &Core<BusLocks>,
+    objects: &mut BTreeMap<String, String>,
+) {
+    let progress = core.all_progress();
+    let server = conn.object_server();
+    let gone: Vec<String> = objects.keys().filter(|k| !progress.contains_key(*k)).cloned().collect();
+    for name in gone {
+        if let Some(path) = objects.remove(&name)
+            && let Err(err) = server.remove::<Account, _>(path.as_str()).await
+        {
+            tracing::warn!(%path, %err, "cannot remove an account object");
+        }
+    }
+    for (name, record) in progress {
+        if objects.contains_key(&name) {
+            continue;
+        }
+        let Ok(path) = names::account_path(&name) else { continue };
+        match server.at(path.as_str(), Account { name: name.clone(), record }).await {
+            Ok(_) => {
+                objects.insert(name, path);
+            }
+            Err(err) => tracing::warn!(%path, %err, "cannot serve an account object"),
+        }
+    }
+}
+
+/// The one task that turns core events into signals, in order.
+async fn publish(
+    conn: Connection,
+    core: Core<BusLocks>,
+    service: InterfaceRef<Service>,
+    mut objects: BTreeMap<String, String>,
+    mut events: mpsc::UnboundedReceiver<CoreEvent>,
+) {
+    while let Some(event) = events.recv().await {
+        let result = match event {
+            CoreEvent::Progress { account, record } => {
+                let sent = service.progress_changed(&account, to_dict(&record)).await;
+                update_account_object(&conn, &objects, &account, *record).await;
+                sent
+            }
+            CoreEvent::Finished { account, ok, message } => service.sync_finished(&account, ok, &message).await,
+            CoreEvent::AccountsChanged(_) => {
+                sync_account_objects(&conn, &core, &mut objects).await;
+                let iface = service.get().await;
+                iface.accounts_changed(service.signal_emitter()).await
+            }
+        };
+        if let Err(err) = result {
+            tracing::warn!(%err, "cannot emit a signal");
+        }
+    }
+}
+
+async fn update_account_object(
+    conn: &Connection,
+    objects: &BTreeMap<String, String>,
+    account: &str,
+    record: crate::progress::Record,
+) {
+    let Some(path) = objects.get(account) else { return };
+    let Ok(iface) = conn.object_server().interface::<_, Account>(path.as_str()).await else { return };
+    let mut obj = iface.get_mut().await;
+    let old = std::mem::replace(&mut obj.record, record);
+    let emitter = iface.signal_emitter();
+    let new = &obj.record;
+    let mut results = vec![obj.progress_changed(emitter).await];
+    if old.state != new.state {
+        results.push(obj.state_changed(emitter).await);
+    }
+    if old.owner != new.owner {
+        results.push(obj.owner_changed(emitter).await);
+    }
+    if old.pid != new.pid {
+        results.push(obj.pid_changed(emitter).await);
+    }
+    for err in results.into_iter().filter_map(Result::err) {
+        tracing::warn!(%err, "cannot emit PropertiesChanged");
+    }
+}

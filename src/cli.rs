@@ -1,0 +1,244 @@
+//! The client subcommands: thin users of the bus API for scripts and people.
+//!
+//! Exit codes: 0 success; 1 the service answered with an error or the sync failed; 3 the
+//! service cannot be reached. Errors print their D-Bus name, so scripts can tell them apart.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    io::Write,
+    process::ExitCode,
+};
+
+use futures_util::StreamExt;
+use serde_json::{Map, Value, json};
+use zbus::{Connection, OwnedVariant, Variant};
+
+use crate::bus::{errors::SyncError, service::ServiceProxy};
+
+/// Exit code: the service cannot be reached.
+pub const EXIT_NO_SERVICE: u8 = 3;
+
+/// Something a client command reports and exits on.
+#[derive(Debug)]
+pub struct CliError {
+    pub code: u8,
+    pub message: String,
+}
+
+impl From<zbus::Error> for CliError {
+    fn from(err: zbus::Error) -> Self {
+        let (name, message) = SyncError::describe(&err);
+        let code = if name.starts_with("org.himalaya.Sync.Error.") { 1 } else { EXIT_NO_SERVICE };
+        Self { code, message: format!("{name}: {message}") }
+    }
+}
+
+impl From<SyncError> for CliError {
+    fn from(err: SyncError) -> Self {
+        match err {
+            SyncError::ZBus(err) => err.into(),
+            other => {
+                let name = zbus::DBusError::name(&other).to_string();
+                let message = zbus::DBusError::description(&other).unwrap_or_default();
+                Self { code: 1, message: format!("{name}: {message}") }
+            }
+        }
+    }
+}
+
+impl CliError {
+    /// Print to stderr and turn into an exit code.
+    #[must_use]
+    pub fn report(self) -> ExitCode {
+        eprintln!("himalaya-sync: {}", self.message);
+        ExitCode::from(self.code)
+    }
+}
+
+type Result<T> = std::result::Result<T, CliError>;
+
+async fn proxy() -> Result<ServiceProxy<'static>> {
+    let conn = Connection::session().await.map_err(|e| CliError {
+        code: EXIT_NO_SERVICE,
+        message: format!("cannot connect to the session bus: {e}"),
+    })?;
+    Ok(ServiceProxy::new(&conn).await?)
+}
+
+/// A D-Bus value as JSON (every variant unwrapped, so clients need no D-Bus knowledge).
+#[must_use]
+pub fn variant_to_json(v: &Variant<'_>) -> Value {
+    match v {
+        Variant::U8(n) => json!(n),
+        Variant::Bool(b) => json!(b),
+        Variant::I16(n) => json!(n),
+        Variant::U16(n) => json!(n),
+        Variant::I32(n) => json!(n),
+        Variant::U32(n) => json!(n),
+        Variant::I64(n) => json!(n),
+        Variant::U64(n) => json!(n),
+        Variant::F64(n) => json!(n),
+        Variant::Str(s) => json!(s.as_str()),
+        Variant::Variant(inner) => variant_to_json(inner),
+        Variant::Array(a) => Value::Array(a.inner().iter().map(variant_to_json).collect()),
+        other => json!(format!("{other:?}")),
+    }
+}
+
+/// A progress record as a JSON object with sorted keys.
+#[must_use]
+pub fn record_to_json<S: std::hash::BuildHasher>(d: &HashMap<String, OwnedVariant, S>) -> Value {
+    let sorted: BTreeMap<&String, Value> = d.iter().map(|(k, v)| (k, variant_to_json(v))).collect();
+    Value::Object(sorted.into_iter().map(|(k, v)| (k.clone(), v)).collect::<Map<_, _>>())
+}
+
+/// One line for people: `alice: syncing 15/98 messages, INBOX, 120 msg/s, ETA 5 s`.
+#[must_use]
+pub fn human_line(account: &str, r: &Value) -> String {
+    let s = |k: &str| r.get(k).and_then(Value::as_str);
+    let n = |k: &str| r.get(k).and_then(Value::as_u64);
+    let mut parts = vec![s("state").unwrap_or("unknown").to_owned()];
+    if let (Some(done), Some(total)) = (n("messages_done"), n("messages_total")) {
+        parts.push(format!("{done}/{total} messages"));
+    }
+    if let Some(p) = r.get("percent").and_then(Value::as_f64)
+        && s("state") != Some("idle")
+    {
+        parts.push(format!("{p:.0}%"));
+    }
+    if let Some(mailbox) = s("mailbox").filter(|_| s("state") == Some("syncing")) {
+        parts.push(mailbox.to_owned());
+    }
+    if let Some(rate) = r.get("rate").and_then(Value::as_f64) {
+        parts.push(format!("{rate} msg/s"));
+    }
+    if let Some(eta) = n("eta_s") {
+        parts.push(format!("ETA {eta} s"));
+    }
+    if let Some(pid) = n("pid") {
+        parts.push(format!("pid {pid}"));
+    }
+    if s("state") == Some("idle")
+        && let Some(result) = s("last_result")
+    {
+        parts.push(format!("last sync {result}"));
+    }
+    if let Some(err) = s("last_error") {
+        parts.push(format!("error: {err}"));
+    }
+    format!("{account}: {}", parts.join(", "))
+}
+
+/// `sync ACCOUNT`: start, then (unless `no_wait`) follow it to its end.
+pub async fn sync(account: &str, no_wait: bool, quiet: bool) -> Result<()> {
+    let proxy = proxy().await?;
+    // Subscribe before the call: a fast sync may end before the reply arrives.
+    let mut finished = proxy.receive_sync_finished().await?;
+    let mut progress = proxy.receive_progress_changed().await?;
+    proxy.sync(account).await?;
+    if no_wait {
+        return Ok(());
+    }
+    let mut last_line = String::new();
+    loop {
+        tokio::select! {
+            Some(signal) = finished.next() => {
+                let Ok(args) = signal.args() else { continue };
+                if args.account != account {
+                    continue;
+                }
+                return if args.ok {
+                    if !quiet {
+                        println!("{account}: {}", args.message);
+                    }
+                    Ok(())
+                } else {
+                    Err(CliError { code: 1, message: format!("org.himalaya.Sync.Error.MbsyncFailed: {account}: {}", args.message) })
+                };
+            }
+            Some(signal) = progress.next() => {
+                let Ok(args) = signal.args() else { continue };
+                if args.account != account || quiet {
+                    continue;
+                }
+                let line = human_line(account, &record_to_json(&args.progress));
+                if line != last_line {
+                    eprintln!("{line}");
+                    last_line = line;
+                }
+            }
+            else => return Err(CliError { code: EXIT_NO_SERVICE, message: "the service went away".into() }),
+        }
+    }
+}
+
+/// `cancel ACCOUNT`.
+pub async fn cancel(account: &str) -> Result<()> {
+    proxy().await?.cancel(account).await?;
+    println!("{account}: stopping");
+    Ok(())
+}
+
+/// `status [ACCOUNT] [--json]`.
+pub async fn status(account: Option<&str>, as_json: bool) -> Result<()> {
+    let proxy = proxy().await?;
+    let records: BTreeMap<String, Value> = match account {
+        Some(a) => BTreeMap::from([(a.to_owned(), record_to_json(&proxy.get_progress(a).await?))]),
+        None => proxy.get_all_progress().await?.iter().map(|(k, v)| (k.clone(), record_to_json(v))).collect(),
+    };
+    if as_json {
+        let doc = match account {
+            Some(a) => json!({ "account": a, "progress": records[a] }),
+            None => json!({ "accounts": records }),
+        };
+        println!("{doc}");
+    } else {
+        for (name, r) in &records {
+            println!("{}", human_line(name, r));
+        }
+    }
+    Ok(())
+}
+
+/// `watch [--json]`: the current state, then one line per change, until the service goes.
+pub async fn watch(as_json: bool) -> Result<()> {
+    let proxy = proxy().await?;
+    let mut progress = proxy.receive_progress_changed().await?;
+    let mut finished = proxy.receive_sync_finished().await?;
+    let all: BTreeMap<String, Value> =
+        proxy.get_all_progress().await?.iter().map(|(k, v)| (k.clone(), record_to_json(v))).collect();
+    let mut out = std::io::stdout().lock();
+    let mut emit = |line: String| -> Result<()> {
+        // A closed pipe (the reader went away) ends the watch quietly.
+        writeln!(out, "{line}").and_then(|()| out.flush()).map_err(|_| CliError { code: 0, message: String::new() })
+    };
+    if as_json {
+        emit(json!({ "event": "state", "accounts": all }).to_string())?;
+    } else {
+        for (name, r) in &all {
+            emit(human_line(name, r))?;
+        }
+    }
+    loop {
+        tokio::select! {
+            Some(signal) = progress.next() => {
+                let Ok(args) = signal.args() else { continue };
+                let record = record_to_json(&args.progress);
+                emit(if as_json {
+                    json!({ "event": "progress", "account": args.account, "progress": record }).to_string()
+                } else {
+                    human_line(args.account, &record)
+                })?;
+            }
+            Some(signal) = finished.next() => {
+                let Ok(args) = signal.args() else { continue };
+                emit(if as_json {
+                    json!({ "event": "finished", "account": args.account, "ok": args.ok, "message": args.message }).to_string()
+                } else {
+                    format!("{}: {} ({})", args.account, if args.ok { "finished" } else { "failed" }, args.message)
+                })?;
+            }
+            else => return Err(CliError { code: EXIT_NO_SERVICE, message: "the service went away".into() }),
+        }
+    }
+}

@@ -1,0 +1,522 @@
+//! The core: accounts, supervised runs and their progress. It knows nothing of D-Bus: the bus
+//! layer calls it, hands it a [`Locks`] implementation (bus-name ownership) and publishes the
+//! [`CoreEvent`]s it sends.
+//!
+//! # Theory of operation
+//! Each account has a [`Slot`] holding its progress model and, while it syncs, a handle to its
+//! run. A run is one task: it owns the mbsync process, feeds its output through the parser into
+//! the model, and publishes through a leading-edge throttle. The run task alone ends a run: it
+//! reaps mbsync, *then* releases the channel locks, *then* publishes the final state, so a client
+//! that reacts to `SyncFinished` by syncing again never meets its own stale lock.
+//!
+//! Channels, not accounts, are what may not be synced twice: a group shares channels with its
+//! members, so `busy` maps every channel of every running sync to the account that runs it.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    future::Future,
+    path::PathBuf,
+    sync::{Arc, Mutex, MutexGuard},
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use nix::sys::signal::Signal;
+use tokio::{
+    sync::mpsc,
+    task::JoinHandle,
+    time::{Instant, sleep_until},
+};
+
+use crate::{
+    config::{self, Config, Paths},
+    error::{Error, Result},
+    mbsyncrc::{self, MbsyncConfig},
+    names,
+    parser::Parser,
+    progress::{Outcome, Progress, Record},
+    runner::{Mbsync, Output},
+    state,
+    throttle::{self, Decision, Throttle},
+};
+
+/// What the core tells the outside world.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CoreEvent {
+    /// An account's record changed (throttled; first and final states always sent).
+    Progress { account: String, record: Box<Record> },
+    /// A supervised sync ended.
+    Finished { account: String, ok: bool, message: String },
+    /// The set of accounts changed (the mbsync config was edited).
+    AccountsChanged(Vec<String>),
+}
+
+/// Why a channel lock could not be taken.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LockError {
+    /// This service holds it already (another of its runs).
+    Ours { channel: String },
+    /// Another program holds it; `holder` describes it for people.
+    Elsewhere { channel: String, holder: String },
+    /// The bus refused or failed.
+    Failed(String),
+}
+
+/// The single-sync lock, per channel. The bus layer implements it with bus-name ownership.
+pub trait Locks: Send + Sync + 'static {
+    /// Take the lock of every channel, in order; all of them or none.
+    fn acquire(&self, channels: &[String]) -> impl Future<Output = Result<(), LockError>> + Send;
+    /// Give them back.
+    fn release(&self, channels: &[String]) -> impl Future<Output = ()> + Send;
+}
+
+/// Everything the core is configured with.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub config: Config,
+    pub paths: Paths,
+    /// The mbsync config file.
+    pub mbsync_config: PathBuf,
+}
+
+/// The core. Cheap to clone.
+pub struct Core<L: Locks> {
+    shared: Arc<Shared<L>>,
+}
+
+impl<L: Locks> Clone for Core<L> {
+    fn clone(&self) -> Self {
+        Self { shared: Arc::clone(&self.shared) }
+    }
+}
+
+struct Shared<L> {
+    settings: Settings,
+    locks: L,
+    events: mpsc::UnboundedSender<CoreEvent>,
+    inner: Mutex<Inner>,
+}
+
+struct Inner {
+    /// The parsed mbsync config, or why it could not be read.
+    mbsync: std::result::Result<MbsyncConfig, String>,
+    accounts: BTreeMap<String, Slot>,
+    /// channel -> the account whose run holds it.
+    busy: BTreeMap<String, String>,
+    state: state::State,
+    store: state::Store,
+}
+
+#[derive(Default)]
+struct Slot {
+    progress: Progress,
+    run: Option<RunHandle>,
+}
+
+struct RunHandle {
+    stop: mpsc::UnboundedSender<()>,
+    task: Option<JoinHandle<()>>,
+}
+
+fn now_us() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
+}
+
+impl<L: Locks> Core<L> {
+    /// A core with the accounts of the mbsync config (a broken config is reported by every call
+    /// that needs it, not fatal here) and the last results from the state file.
+    pub fn new(settings: Settings, locks: L, events: mpsc::UnboundedSender<CoreEvent>) -> Self {
+        let store = state::Store::new(&settings.paths.state_dir());
+        let state = store.load();
+        let mut inner = Inner {
+            mbsync: Err(String::new()),
+            accounts: BTreeMap::new(),
+            busy: BTreeMap::new(),
+            state,
+            store,
+        };
+        reload_into(&mut inner, &settings.mbsync_config);
+        if let Err(err) = &inner.mbsync {
+            tracing::warn!("{err}");
+        }
+        Self { shared: Arc::new(Shared { settings, locks, events, inner: Mutex::new(inner) }) }
+    }
+
+    fn inner(&self) -> MutexGuard<'_, Inner> {
+        // A poisoned lock means a panic elsewhere already; the data is still consistent enough
+        // to serve (every mutation is a single assignment).
+        self.shared.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Re-read the mbsync config; tells the world when the accounts changed.
+    fn reload(&self, inner: &mut Inner) {
+        let before: Vec<String> = inner.accounts.keys().cloned().collect();
+        reload_into(inner, &self.shared.settings.mbsync_config);
+        let after: Vec<String> = inner.accounts.keys().cloned().collect();
+        if before != after {
+            self.emit(CoreEvent::AccountsChanged(after));
+        }
+    }
+
+    fn emit(&self, event: CoreEvent) {
+        // The receiver only goes away at shutdown, when nobody listens any more.
+        if self.shared.events.send(event).is_err() {
+            tracing::debug!("core event dropped: the bus layer is gone");
+        }
+    }
+
+    /// Names a user can sync.
+    ///
+    /// # Errors
+    /// The mbsync config cannot be read or parsed.
+    pub fn accounts(&self) -> Result<Vec<String>> {
+        let mut inner = self.inner();
+        self.reload(&mut inner);
+        inner.mbsync.as_ref().map_err(|e| Error::ConfigError(e.clone()))?;
+        Ok(inner.accounts.keys().cloned().collect())
+    }
+
+    /// The account names known right now, without re-reading the config.
+    #[must_use]
+    pub fn known_accounts(&self) -> Vec<String> {
+        self.inner().accounts.keys().cloned().collect()
+    }
+
+    /// One account's record.
+    ///
+    /// # Errors
+    /// An invalid or unknown account name, or a broken mbsync config.
+    pub fn progress(&self, account: &str) -> Result<Record> {
+        let mut inner = self.inner();
+        self.lookup(&mut inner, account)?;
+        Ok(inner.accounts[account].progress.record().clone())
+    }
+
+    /// Every account's record.
+    #[must_use]
+    pub fn all_progress(&self) -> BTreeMap<String, Record> {
+        let mut inner = self.inner();
+        self.reload(&mut inner);
+        inner.accounts.iter().map(|(k, v)| (k.clone(), v.progress.record().clone())).collect()
+    }
+
+    /// Validate `account` and return the channels it stands for.
+    fn lookup(&self, inner: &mut Inner, account: &str) -> Result<Vec<String>> {
+        validate_name(account)?;
+        if !inner.accounts.contains_key(account) {
+            self.reload(inner);
+        }
+        let config = inner.mbsync.as_ref().map_err(|e| Error::ConfigError(e.clone()))?;
+        match config.channels_of(account) {
+            Some(channels) if inner.accounts.contains_key(account) => Ok(channels),
+            _ => Err(Error::UnknownAccount {
+                name: account.to_owned(),
+                config: self.shared.settings.mbsync_config.clone(),
+                known: known_list(inner.accounts.keys()),
+            }),
+        }
+    }
+
+    /// Start a supervised sync of `account`. Returns once mbsync runs; the end comes as
+    /// [`CoreEvent::Finished`].
+    ///
+    /// # Errors
+    /// Invalid or unknown account, a sync of one of its channels already running here
+    /// (`AlreadySyncing`) or elsewhere (`LockedElsewhere`), mbsync missing, or mbsync could not
+    /// be started.
+    pub async fn sync(&self, account: &str) -> Result<()> {
+        let settings = &self.shared.settings;
+        let mut channels = {
+            let mut inner = self.inner();
+            let channels = self.lookup(&mut inner, account)?;
+            if let Some((channel, _)) = channels.iter().find_map(|c| inner.busy.get_key_value(c)) {
+                return Err(Error::AlreadySyncing { account: account.into(), channel: channel.clone() });
+            }
+            // Reserve the channels before the first await: a concurrent Sync sees them busy.
+            for channel in &channels {
+                inner.busy.insert(channel.clone(), account.to_owned());
+            }
+            channels
+        };
+        // Sorted, so two group syncs always take shared channels in the same order.
+        channels.sort();
+        channels.dedup();
+        let result = self.start(account, &channels, settings).await;
+        if result.is_err() {
+            let mut inner = self.inner();
+            for channel in &channels {
+                inner.busy.remove(channel);
+            }
+        }
+        result
+    }
+
+    async fn start(&self, account: &str, channels: &[String], settings: &Settings) -> Result<()> {
+        let path_var = std::env::var_os("PATH");
+        let program = config::find_program(&settings.config.mbsync, path_var.as_deref()).ok_or_else(|| {
+            Error::MbsyncMissing {
+                program: settings.config.mbsync.display().to_string(),
+                config: settings.paths.config_file(),
+            }
+        })?;
+        self.shared.locks.acquire(channels).await.map_err(|err| match err {
+            LockError::Ours { channel } => Error::AlreadySyncing { account: account.into(), channel },
+            LockError::Elsewhere { channel, holder } => {
+                Error::LockedElsewhere { account: account.into(), channel, holder }
+            }
+            LockError::Failed(reason) => Error::MbsyncFailed {
+                account: account.into(),
+                reason: format!("could not take the sync lock: {reason}"),
+            },
+        })?;
+        let args = vec![
+            "-c".to_owned(),
+            settings.mbsync_config.display().to_string(),
+            "-V".to_owned(),
+            account.to_owned(),
+        ];
+        let mbsync = match Mbsync::spawn(&program, &args) {
+            Ok(mbsync) => mbsync,
+            Err(err) => {
+                self.shared.locks.release(channels).await;
+                return Err(if err.kind() == std::io::ErrorKind::NotFound {
+                    Error::MbsyncMissing {
+                        program: program.display().to_string(),
+                        config: settings.paths.config_file(),
+                    }
+                } else {
+                    Error::MbsyncFailed { account: account.into(), reason: format!("cannot start mbsync: {err}") }
+                });
+            }
+        };
+        tracing::info!(account, pid = mbsync.pid(), "sync started");
+        let mut command = vec![program.display().to_string()];
+        command.extend(args);
+        let (stop_tx, stop_rx) = mpsc::unbounded_channel();
+        let record = {
+            let mut inner = self.inner();
+            let slot = inner.accounts.entry(account.to_owned()).or_default();
+            slot.progress.start(mbsync.pid(), command, now_us());
+            slot.run = Some(RunHandle { stop: stop_tx, task: None });
+            slot.progress.record().clone()
+        };
+        self.emit(CoreEvent::Progress { account: account.into(), record: Box::new(record) });
+        let task = tokio::spawn(self.clone().drive(account.to_owned(), channels.to_vec(), mbsync, stop_rx));
+        if let Some(run) = self.inner().accounts.get_mut(account).and_then(|s| s.run.as_mut()) {
+            run.task = Some(task);
+        }
+        Ok(())
+    }
+
+    /// Stop the service's own sync of `account` safely (SIGTERM, then SIGKILL after the grace
+    /// period). Returns at once; the end comes as [`CoreEvent::Finished`].
+    ///
+    /// # Errors
+    /// Invalid or unknown account, or no sync of it running here.
+    pub fn cancel(&self, account: &str) -> Result<()> {
+        let mut inner = self.inner();
+        self.lookup(&mut inner, account)?;
+        match inner.accounts.get(account).and_then(|s| s.run.as_ref()) {
+            Some(run) if run.stop.send(()).is_ok() => Ok(()),
+            _ => Err(Error::NotRunning { account: account.into() }),
+        }
+    }
+
+    /// Stop every run and wait until each is reaped and its locks released.
+    pub async fn shutdown(&self) {
+        let tasks: Vec<JoinHandle<()>> = {
+            let mut inner = self.inner();
+            inner
+                .accounts
+                .values_mut()
+                .filter_map(|slot| {
+                    let run = slot.run.as_mut()?;
+                    let _ = run.stop.send(());
+                    run.task.take()
+                })
+                .collect()
+        };
+        for task in tasks {
+            if let Err(err) = task.await {
+                tracing::error!(%err, "a run task failed");
+            }
+        }
+    }
+
+    /// The run task: see the module docs.
+    async fn drive(self, account: String, channels: Vec<String>, mut mbsync: Mbsync, mut stop: mpsc::UnboundedReceiver<()>) {
+        let grace = self.shared.settings.config.stop_grace();
+        let mut parser = Parser::new();
+        let mut events = Vec::new();
+        let mut throttle = Throttle::new(throttle::DEFAULT_INTERVAL);
+        let mut publish_at: Option<Instant> = None;
+        let mut kill_at: Option<Instant> = None;
+        let mut cancelled = false;
+        // The first state went out in `start`.
+        throttle.sent(Instant::now().into_std());
+        let exit = loop {
+            tokio::select! {
+                out = mbsync.next() => match out {
+                    Output::Stdout(bytes) => {
+                        parser.feed(&bytes, &mut events);
+                        if self.apply(&account, &mut events) {
+                            match throttle.changed(Instant::now().into_std()) {
+                                Decision::Send => self.publish(&account),
+                                Decision::SendAt(at) => publish_at = Some(at.into()),
+                                Decision::Pending => {}
+                            }
+                        }
+                    }
+                    Output::Exited(exit) => {
+                        parser.finish(&mut events);
+                        self.apply(&account, &mut events);
+                        break exit;
+                    }
+                },
+                () = sleep_until(publish_at.unwrap_or_else(Instant::now)), if publish_at.is_some() => {
+                    publish_at = None;
+                    throttle.fired(Instant::now().into_std());
+                    self.publish(&account);
+                }
+                Some(()) = stop.recv(), if !cancelled => {
+                    cancelled = true;
+                    tracing::info!(account, pid = mbsync.pid(), "stopping sync");
+                    mbsync.signal(Signal::SIGTERM);
+                    kill_at = Some(Instant::now() + grace);
+                    self.with_slot(&account, |slot| slot.progress.stopping(now_us()));
+                    throttle.sent(Instant::now().into_std());
+                    publish_at = None;
+                    self.publish(&account);
+                }
+                () = sleep_until(kill_at.unwrap_or_else(Instant::now)), if kill_at.is_some() => {
+                    kill_at = None;
+                    tracing::warn!(account, pid = mbsync.pid(), "mbsync ignored SIGTERM; killing it");
+                    mbsync.signal(Signal::SIGKILL);
+                }
+            }
+        };
+        let outcome = if exit.success() {
+            Outcome::Ok
+        } else if cancelled {
+            Outcome::Cancelled
+        } else {
+            Outcome::Failed(exit.reason())
+        };
+        tracing::info!(account, ?outcome, "sync ended");
+        // Reaped: now the locks may go, and only then does the world hear of the end.
+        self.shared.locks.release(&channels).await;
+        let (record, state) = {
+            let mut inner = self.inner();
+            for channel in &channels {
+                inner.busy.remove(channel);
+            }
+            let slot = inner.accounts.entry(account.clone()).or_default();
+            slot.run = None;
+            slot.progress.finish(&outcome, now_us());
+            let record = slot.progress.record().clone();
+            inner.state.accounts.insert(
+                account.clone(),
+                state::AccountState {
+                    last_result: record.last_result.clone(),
+                    last_error: record.last_error.clone(),
+                    finished_at: record.finished_at,
+                },
+            );
+            (record, inner.state.clone())
+        };
+        if let Err(err) = self.inner().store.save(&state) {
+            tracing::warn!(%err, "cannot save the state file");
+        }
+        self.emit(CoreEvent::Progress { account: account.clone(), record: Box::new(record) });
+        let (ok, message) = match outcome {
+            Outcome::Ok => (true, "sync finished".to_owned()),
+            Outcome::Cancelled => (false, "sync cancelled".to_owned()),
+            Outcome::Failed(reason) => (false, reason),
+        };
+        self.emit(CoreEvent::Finished { account, ok, message });
+    }
+
+    fn with_slot<T>(&self, account: &str, f: impl FnOnce(&mut Slot) -> T) -> T {
+        f(self.inner().accounts.entry(account.to_owned()).or_default())
+    }
+
+    /// Feed parsed events to the model; whether the record changed.
+    fn apply(&self, account: &str, events: &mut Vec<crate::parser::Event>) -> bool {
+        if events.is_empty() {
+            return false;
+        }
+        let now = now_us();
+        self.with_slot(account, |slot| {
+            let mut changed = false;
+            for event in events.drain(..) {
+                changed |= slot.progress.apply(&event, now);
+            }
+            changed
+        })
+    }
+
+    fn publish(&self, account: &str) {
+        let record = self.with_slot(account, |slot| slot.progress.record().clone());
+        self.emit(CoreEvent::Progress { account: account.to_owned(), record: Box::new(record) });
+    }
+}
+
+/// Read and parse the mbsync config into `inner`, keeping the slots of accounts that remain
+/// (and of running ones even if they vanished from the file).
+fn reload_into(inner: &mut Inner, path: &std::path::Path) {
+    let parsed = std::fs::read(path)
+        .map_err(|err| format!("cannot read the mbsync config {}: {err}", path.display()))
+        .and_then(|bytes| {
+            let text = String::from_utf8(bytes)
+                .map_err(|_| format!("the mbsync config {} is not valid UTF-8", path.display()))?;
+            mbsyncrc::parse(&text).map_err(|err| format!("the mbsync config {} is invalid: {err}", path.display()))
+        });
+    let names: BTreeSet<String> = match &parsed {
+        Ok(config) => config
+            .account_names()
+            .into_iter()
+            .filter(|name| validate_name(name).is_ok())
+            .collect(),
+        Err(_) => BTreeSet::new(),
+    };
+    inner.accounts.retain(|name, slot| names.contains(name) || slot.run.is_some());
+    for name in names {
+        let state = inner.state.accounts.get(&name).cloned();
+        inner.accounts.entry(name).or_insert_with(|| {
+            let mut slot = Slot::default();
+            if let Some(s) = state {
+                slot.progress.restore_last(s.last_result, s.last_error, s.finished_at);
+            }
+            slot
+        });
+    }
+    inner.mbsync = parsed;
+}
+
+fn known_list<'a>(names: impl Iterator<Item = &'a String>) -> String {
+    let names: Vec<String> = names.map(|n| format!("{n:?}")).collect();
+    if names.is_empty() { "none".into() } else { names.join(", ") }
+}
+
+/// Refuse names that can never be an mbsync account, before they reach anything else.
+///
+/// # Errors
+/// `InvalidAccount` with the reason.
+pub fn validate_name(name: &str) -> Result<()> {
+    let invalid = |reason: &str| Err(Error::InvalidAccount { name: name.into(), reason: reason.into() });
+    if let Err(err) = names::lock_name(name) {
+        return invalid(&err.to_string());
+    }
+    if name.starts_with('-') {
+        return invalid("it starts with '-', which mbsync would read as an option");
+    }
+    if name.chars().any(char::is_control) {
+        return invalid("it contains control characters");
+    }
+    if name.trim() != name {
+        return invalid("it has leading or trailing white space");
+    }
+    if name.contains(':') {
+        return invalid("':' selects mailboxes (CHANNEL:BOX); give a whole channel or group");
+    }
+    Ok(())
+}

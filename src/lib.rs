@@ -1,0 +1,20 @@
+//! himalaya-sync: a per-user D-Bus service that runs and watches `mbsync` (isync) syncs and
+//! publishes their live progress on the session bus.
+//!
+//! Layout: pure logic ([`parser`], [`progress`], [`throttle`], [`names`], [`mbsyncrc`],
+//! [`config`]) has no I/O; [`runner`] drives one mbsync process; [`core`] owns accounts and runs
+//! and knows nothing of D-Bus; [`bus`] is the thin D-Bus layer; [`cli`] holds the client
+//! subcommands.
+
+pub mod bus;
+pub mod cli;
+pub mod config;
+pub mod core;
+pub mod error;
+pub mod mbsyncrc;
+pub mod names;
+pub mod parser;
+pub mod progress;
+pub mod runner;
+pub mod state;
+pub mod throttle;

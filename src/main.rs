@@ -1,0 +1,119 @@
+//! `himalaya-sync`: the daemon and its client commands.
+
+// The doc comments below are the --help text: plain words, no Markdown backticks.
+#![allow(clippy::doc_markdown)]
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+use himalaya_sync::{
+    bus::daemon,
+    cli,
+    config::{Config, Paths},
+    core::Settings,
+};
+
+/// Runs and watches mbsync syncs and publishes their progress on the session bus.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the service (org.himalaya.Sync on the session bus).
+    Daemon {
+        /// The mbsync config (default: config.toml's mbsync_config, $XDG_CONFIG_HOME/isyncrc,
+        /// ~/.mbsyncrc).
+        #[arg(short = 'c', long = "mbsync-config")]
+        mbsync_config: Option<PathBuf>,
+        /// The service config (default: $XDG_CONFIG_HOME/himalaya-sync/config.toml).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Sync an account (a channel or group) and follow it to its end.
+    Sync {
+        account: String,
+        /// Return once the sync started.
+        #[arg(long)]
+        no_wait: bool,
+        /// Print nothing on success.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Stop the service's sync of an account safely.
+    Cancel { account: String },
+    /// Show progress of one account or all.
+    Status {
+        account: Option<String>,
+        /// One JSON document.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Follow progress: the current state, then one line per change.
+    Watch {
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("HIMALAYA_SYNC_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).init();
+    // One thread: mbsync's PR_SET_PDEATHSIG follows the thread that forked it (runner.rs).
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("himalaya-sync: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run(args.command))
+}
+
+async fn run(command: Command) -> ExitCode {
+    let result = match command {
+        Command::Daemon { mbsync_config, config } => return run_daemon(mbsync_config, config).await,
+        Command::Sync { account, no_wait, quiet } => cli::sync(&account, no_wait, quiet).await,
+        Command::Cancel { account } => cli::cancel(&account).await,
+        Command::Status { account, json } => cli::status(account.as_deref(), json).await,
+        Command::Watch { json } => cli::watch(json).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) if err.code == 0 => ExitCode::SUCCESS,
+        Err(err) => err.report(),
+    }
+}
+
+async fn run_daemon(mbsync_config: Option<PathBuf>, config_path: Option<PathBuf>) -> ExitCode {
+    let paths = Paths::from_env();
+    let config_path = config_path.unwrap_or_else(|| paths.config_file());
+    let config = match std::fs::read_to_string(&config_path) {
+        Ok(text) => Config::parse(&text).unwrap_or_else(|err| {
+            // Never fatal: a typo must not leave the user without syncs. Say it loudly.
+            tracing::error!("{}: {err}; using the defaults", config_path.display());
+            Config::default()
+        }),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Config::default(),
+        Err(err) => {
+            tracing::error!("cannot read {}: {err}; using the defaults", config_path.display());
+            Config::default()
+        }
+    };
+    let mbsync_config = paths.mbsync_config(mbsync_config.as_deref().or(config.mbsync_config.as_deref()));
+    let settings = Settings { config, paths, mbsync_config };
+    match daemon::run(settings).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("himalaya-sync: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
