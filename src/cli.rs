@@ -210,7 +210,9 @@ pub async fn watch(as_json: bool) -> Result<()> {
     let mut out = std::io::stdout().lock();
     let mut emit = |line: String| -> Result<()> {
         // A closed pipe (the reader went away) ends the watch quietly.
-        writeln!(out, "{line}").and_then(|()| out.flush()).map_err(|_| CliError { code: 0, message: String::new() })
+        writeln!(out, "{line}")
+            .and_then(|()| out.flush())
+            .map_err(|_| CliError { code: 0, message: String::new() })
     };
     if as_json {
         emit(json!({ "event": "state", "accounts": all }).to_string())?;

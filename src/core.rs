@@ -252,12 +252,13 @@ impl<L: Locks> Core<L> {
 
     async fn start(&self, account: &str, channels: &[String], settings: &Settings) -> Result<()> {
         let path_var = std::env::var_os("PATH");
-        let program = config::find_program(&settings.config.mbsync, path_var.as_deref()).ok_or_else(|| {
-            Error::MbsyncMissing {
-                program: settings.config.mbsync.display().to_string(),
-                config: settings.paths.config_file(),
-            }
-        })?;
+        let program =
+            config::find_program(&settings.config.mbsync, path_var.as_deref()).ok_or_else(|| {
+                Error::MbsyncMissing {
+                    program: settings.config.mbsync.display().to_string(),
+                    config: settings.paths.config_file(),
+                }
+            })?;
         self.shared.locks.acquire(channels).await.map_err(|err| match err {
             LockError::Ours { channel } => Error::AlreadySyncing { account: account.into(), channel },
             LockError::Elsewhere { channel, holder } => {
@@ -284,7 +285,10 @@ impl<L: Locks> Core<L> {
                         config: settings.paths.config_file(),
                     }
                 } else {
-                    Error::MbsyncFailed { account: account.into(), reason: format!("cannot start mbsync: {err}") }
+                    Error::MbsyncFailed {
+                        account: account.into(),
+                        reason: format!("cannot start mbsync: {err}"),
+                    }
                 });
             }
         };
@@ -343,7 +347,13 @@ impl<L: Locks> Core<L> {
     }
 
     /// The run task: see the module docs.
-    async fn drive(self, account: String, channels: Vec<String>, mut mbsync: Mbsync, mut stop: mpsc::UnboundedReceiver<()>) {
+    async fn drive(
+        self,
+        account: String,
+        channels: Vec<String>,
+        mut mbsync: Mbsync,
+        mut stop: mpsc::UnboundedReceiver<()>,
+    ) {
         let grace = self.shared.settings.config.stop_grace();
         let mut parser = Parser::new();
         let mut events = Vec::new();
@@ -468,14 +478,11 @@ fn reload_into(inner: &mut Inner, path: &std::path::Path) {
         .and_then(|bytes| {
             let text = String::from_utf8(bytes)
                 .map_err(|_| format!("the mbsync config {} is not valid UTF-8", path.display()))?;
-            mbsyncrc::parse(&text).map_err(|err| format!("the mbsync config {} is invalid: {err}", path.display()))
+            mbsyncrc::parse(&text)
+                .map_err(|err| format!("the mbsync config {} is invalid: {err}", path.display()))
         });
     let names: BTreeSet<String> = match &parsed {
-        Ok(config) => config
-            .account_names()
-            .into_iter()
-            .filter(|name| validate_name(name).is_ok())
-            .collect(),
+        Ok(config) => config.account_names().into_iter().filter(|name| validate_name(name).is_ok()).collect(),
         Err(_) => BTreeSet::new(),
     };
     inner.accounts.retain(|name, slot| names.contains(name) || slot.run.is_some());

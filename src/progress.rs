@@ -13,7 +13,6 @@
 
 use std::collections::VecDeque;
 
-
 use crate::parser::{Counter, Event, SideCounters, Stats};
 
 /// The window over which the message rate is measured.
@@ -243,10 +242,8 @@ impl Progress {
         r.boxes = Some(s.boxes);
         r.far = Some(s.far);
         r.near = Some(s.near);
-        let messages = Counter {
-            done: s.far.new.done + s.near.new.done,
-            total: s.far.new.total + s.near.new.total,
-        };
+        let messages =
+            Counter { done: s.far.new.done + s.near.new.done, total: s.far.new.total + s.near.new.total };
         if r.messages.is_none_or(|m| m.total != messages.total) {
             self.total_changed_at = now_us;
         }

@@ -10,12 +10,7 @@
 //!    main thread and lives as long as the process.
 //! 5. argv is a vector: no shell, no string-built command line.
 
-use std::{
-    io,
-    os::fd::AsFd,
-    path::Path,
-    process::Stdio,
-};
+use std::{io, os::fd::AsFd, path::Path, process::Stdio};
 
 use nix::{
     fcntl::{FcntlArg, OFlag, fcntl},

@@ -42,10 +42,7 @@ pub enum DaemonError {
 pub async fn run(settings: Settings) -> Result<(), DaemonError> {
     // Connect without a name first: the objects must be served before the name is taken, and
     // the lock needs the connection the objects live on.
-    let conn = connection::Builder::session()
-        .build()
-        .await
-        .map_err(DaemonError::Connect)?;
+    let conn = connection::Builder::session().build().await.map_err(DaemonError::Connect)?;
     let (tx, rx) = mpsc::unbounded_channel();
     let core = Core::new(settings, BusLocks::new(conn.clone()), tx);
     serve(&conn, core.clone(), rx).await?;
@@ -148,7 +145,9 @@ async fn publish(
                 update_account_object(&conn, &objects, &account, *record).await;
                 sent
             }
-            CoreEvent::Finished { account, ok, message } => service.sync_finished(&account, ok, &message).await,
+            CoreEvent::Finished { account, ok, message } => {
+                service.sync_finished(&account, ok, &message).await
+            }
             CoreEvent::AccountsChanged(_) => {
                 sync_account_objects(&conn, &core, &mut objects).await;
                 let iface = service.get().await;

@@ -35,7 +35,10 @@ impl BusLocks {
             Ok(RequestNameReply::PrimaryOwner) => Ok(()),
             Ok(RequestNameReply::AlreadyOwner) => Err(LockError::Ours { channel: channel.into() }),
             Ok(RequestNameReply::InQueue | RequestNameReply::Exists) | Err(zbus::Error::NameTaken) => {
-                Err(LockError::Elsewhere { channel: channel.into(), holder: describe_holder(&self.conn, &name).await })
+                Err(LockError::Elsewhere {
+                    channel: channel.into(),
+                    holder: describe_holder(&self.conn, &name).await,
+                })
             }
             Err(err) => Err(LockError::Failed(err.to_string())),
         }

@@ -48,11 +48,20 @@ impl Service {
 
     /// Every meaningful change of an account's progress (at most ~10/s, the final state always).
     #[zbus(signal)]
-    pub async fn progress_changed(emitter: &SignalEmitter<'_>, account: &str, progress: Dict) -> zbus::Result<()>;
+    pub async fn progress_changed(
+        emitter: &SignalEmitter<'_>,
+        account: &str,
+        progress: Dict,
+    ) -> zbus::Result<()>;
 
     /// The end of a supervised sync.
     #[zbus(signal)]
-    pub async fn sync_finished(emitter: &SignalEmitter<'_>, account: &str, ok: bool, message: &str) -> zbus::Result<()>;
+    pub async fn sync_finished(
+        emitter: &SignalEmitter<'_>,
+        account: &str,
+        ok: bool,
+        message: &str,
+    ) -> zbus::Result<()>;
 
     /// The account names (as `ListAccounts`, without re-reading the config).
     #[zbus(property)]

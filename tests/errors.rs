@@ -1,0 +1,208 @@
+//! Scenario 4: bad input gets a typed error, starts nothing and loses nothing.
+
+mod support;
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use support::{
+    Testbed,
+    bus::PrivateBus,
+    daemon::{Daemon, connect, error_name, get, mbsync_pids_for, service},
+};
+
+const SPEC: &[(&str, &str, usize)] = &[("alice", "INBOX", 300), ("bob", "INBOX", 20)];
+
+async fn with_timeout<F: std::future::Future>(f: F) -> F::Output {
+    tokio::time::timeout(Duration::from_secs(120), f).await.expect("the test timed out")
+}
+
+const HOSTILE: &[&str] = &[
+    "",
+    "-a",
+    "--help",
+    ";rm -rf ~",
+    "../x",
+    "alice\n",
+    "a\nb",
+    " alice",
+    "alice ",
+    "日本語",
+    "alice:INBOX",
+    "nosuch",
+    "$(touch /tmp/pwned)",
+];
+
+#[tokio::test]
+async fn hostile_account_names_get_typed_errors_on_every_method() {
+    with_timeout(async {
+        let tb = Testbed::new(SPEC);
+        let bus = PrivateBus::start(None);
+        let daemon = Daemon::start(bus.address(), &tb.env(), &tb.dir.path().join("daemon.log")).await;
+        let conn = connect(bus.address()).await;
+        let svc = service(&conn).await;
+        let long = "x".repeat(300);
+        let names: Vec<&str> = HOSTILE.iter().copied().chain([long.as_str()]).collect();
+        let allowed = ["org.himalaya.Sync.Error.UnknownAccount", "org.himalaya.Sync.Error.InvalidAccount"];
+        for name in &names {
+            for (method, result) in [
+                ("Sync", svc.sync(name).await.map(|()| String::new())),
+                ("Cancel", svc.cancel(name).await.map(|()| String::new())),
+                ("GetProgress", svc.get_progress(name).await.map(|d| format!("{d:?}"))),
+            ] {
+                let err = result.expect_err(&format!("{method}({name:?}) must fail"));
+                let err_name = zbus::DBusError::name(&err).to_string();
+                assert!(allowed.contains(&err_name.as_str()), "{method}({name:?}) gave {err_name}");
+                let text = zbus::DBusError::description(&err).unwrap_or_default();
+                assert!(text.len() > 20, "{method}({name:?}): message too thin: {text:?}");
+            }
+        }
+        assert_eq!(error_name(svc.sync("-a").await), "org.himalaya.Sync.Error.InvalidAccount");
+        let unknown = svc.sync("nosuch").await.unwrap_err();
+        let text = zbus::DBusError::description(&unknown).unwrap_or_default();
+        assert!(text.contains("\"alice\"") && text.contains("\"bob\""), "lists the known accounts: {text}");
+        // Still up, nothing started, the real accounts untouched.
+        let mut accounts = svc.list_accounts().await.unwrap();
+        accounts.sort();
+        assert_eq!(accounts, ["alice", "bob", "everyone"]);
+        assert!(mbsync_pids_for(&tb.mbsyncrc()).is_empty());
+        assert!(!std::path::Path::new("/tmp/pwned").exists());
+        assert_eq!(
+            get::<String>(&svc.get_progress("alice").await.unwrap(), "state").as_deref(),
+            Some("idle")
+        );
+        drop(daemon);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn wrong_password_fails_with_mbsyncs_reason() {
+    with_timeout(async {
+        let tb = Testbed::new(SPEC);
+        tb.set_password("bob", "wrong");
+        let bus = PrivateBus::start(None);
+        let daemon = Daemon::start(bus.address(), &tb.env(), &tb.dir.path().join("daemon.log")).await;
+        let conn = connect(bus.address()).await;
+        let svc = service(&conn).await;
+        let mut finished = svc.receive_sync_finished().await.unwrap();
+        svc.sync("bob").await.unwrap();
+        let s = finished.next().await.unwrap();
+        let args = s.args().unwrap();
+        assert!(!args.ok);
+        assert!(args.message.contains("AUTHENTICATIONFAILED"), "{}", args.message);
+        let record = svc.get_progress("bob").await.unwrap();
+        assert_eq!(get::<String>(&record, "state").as_deref(), Some("failed"));
+        assert!(get::<String>(&record, "last_error").unwrap().contains("AUTHENTICATIONFAILED"));
+        // The CLI turns it into MbsyncFailed and exit code 1.
+        let out = cli(&bus, &tb, &["sync", "bob"]);
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("org.himalaya.Sync.Error.MbsyncFailed")
+                && stderr.contains("AUTHENTICATIONFAILED"),
+            "{stderr}"
+        );
+        drop(daemon);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn server_gone_mid_sync_is_a_failed_state_with_reason() {
+    with_timeout(async {
+        let tb = Testbed::new(&[("alice", "INBOX", 2000)]);
+        tb.proxy.set_rate(Some(100_000));
+        let bus = PrivateBus::start(None);
+        let daemon = Daemon::start(bus.address(), &tb.env(), &tb.dir.path().join("daemon.log")).await;
+        let conn = connect(bus.address()).await;
+        let svc = service(&conn).await;
+        let mut finished = svc.receive_sync_finished().await.unwrap();
+        let mut progress = svc.receive_progress_changed().await.unwrap();
+        svc.sync("alice").await.unwrap();
+        while let Some(s) = progress.next().await {
+            if get::<u32>(&s.args().unwrap().progress, "messages_done").unwrap_or(0) > 20 {
+                break;
+            }
+        }
+        tb.proxy.refuse(true);
+        tb.proxy.cut();
+        let s = finished.next().await.unwrap();
+        let args = s.args().unwrap();
+        assert!(!args.ok);
+        let reason = args.message.to_owned();
+        assert!(
+            reason.contains("EOF") || reason.contains("Socket error") || reason.contains("Broken pipe"),
+            "{reason}"
+        );
+        let record = svc.get_progress("alice").await.unwrap();
+        assert_eq!(get::<String>(&record, "state").as_deref(), Some("failed"));
+        // The server comes back: the next sync repairs everything.
+        tb.proxy.refuse(false);
+        tb.proxy.set_rate(None);
+        svc.sync("alice").await.unwrap();
+        let s = finished.next().await.unwrap();
+        assert!(s.args().unwrap().ok, "{}", s.args().unwrap().message);
+        tb.assert_in_sync("alice");
+        drop(daemon);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn corrupt_mbsyncrc_is_a_config_error_and_recovers() {
+    with_timeout(async {
+        let tb = Testbed::new(SPEC);
+        let good = std::fs::read_to_string(tb.mbsyncrc()).unwrap();
+        let bus = PrivateBus::start(None);
+        let daemon = Daemon::start(bus.address(), &tb.env(), &tb.dir.path().join("daemon.log")).await;
+        let conn = connect(bus.address()).await;
+        let svc = service(&conn).await;
+        std::fs::write(tb.mbsyncrc(), format!("{good}\nChannel\nFar :alice-remote:\n")).unwrap();
+        assert_eq!(error_name(svc.list_accounts().await), "org.himalaya.Sync.Error.ConfigError");
+        assert_eq!(error_name(svc.sync("alice").await), "org.himalaya.Sync.Error.ConfigError");
+        let err = svc.list_accounts().await.unwrap_err();
+        let text = zbus::DBusError::description(&err).unwrap_or_default();
+        assert!(text.contains(".mbsyncrc") && text.contains("line"), "names the file and line: {text}");
+        std::fs::write(tb.mbsyncrc(), good).unwrap();
+        assert_eq!(svc.list_accounts().await.unwrap().len(), 3);
+        assert!(mbsync_pids_for(&tb.mbsyncrc()).is_empty());
+        drop(daemon);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn missing_mbsync_is_mbsync_missing() {
+    with_timeout(async {
+        let tb = Testbed::new(&[("bob", "INBOX", 5)]);
+        let config_dir = tb.home().join(".config/himalaya-sync");
+        std::fs::create_dir_all(&config_dir).unwrap();
+        std::fs::write(config_dir.join("config.toml"), "mbsync = \"/nonexistent/bin/mbsync\"\n").unwrap();
+        let bus = PrivateBus::start(None);
+        let daemon = Daemon::start(bus.address(), &tb.env(), &tb.dir.path().join("daemon.log")).await;
+        let conn = connect(bus.address()).await;
+        let svc = service(&conn).await;
+        let err = svc.sync("bob").await.unwrap_err();
+        assert_eq!(zbus::DBusError::name(&err).to_string(), "org.himalaya.Sync.Error.MbsyncMissing");
+        assert!(zbus::DBusError::description(&err).unwrap_or_default().contains("install isync"));
+        // The lock was given back: nothing holds bob's name.
+        let dbus = zbus::fdo::DBusProxy::new(&conn).await.unwrap();
+        let lock = zbus::names::BusName::try_from("org.himalaya.Sync.Lock.bob").unwrap();
+        assert!(!dbus.name_has_owner(lock).await.unwrap());
+        drop(daemon);
+    })
+    .await;
+}
+
+/// Runs the CLI against the test's bus.
+fn cli(bus: &PrivateBus, tb: &Testbed, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(support::daemon::BIN)
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("DBUS_SESSION_BUS_ADDRESS", bus.address())
+        .envs(tb.env())
+        .output()
+        .unwrap()
+}

@@ -1,0 +1,301 @@
+//! Scenarios 5-8 and the CLI: kill -9 leaves no mbsync, SIGTERM stops safely, D-Bus activation
+//! through the shipped file, the introspection contract, idle costs nothing.
+
+mod support;
+
+use std::{path::Path, time::Duration};
+
+use futures_util::StreamExt;
+use support::{
+    Testbed,
+    bus::PrivateBus,
+    daemon::{BIN, Daemon, connect, get, mbsync_pids_for, service, wait_until},
+};
+use zbus::{fdo::DBusProxy, names::BusName};
+
+const SPEC: &[(&str, &str, usize)] =
+    &[("alice", "INBOX", 2000), ("alice", "Archive", 500), ("bob", "INBOX", 20)];
+
+async fn with_timeout<F: std::future::Future>(f: F) -> F::Output {
+    tokio::time::timeout(Duration::from_secs(120), f).await.expect("the test timed out")
+}
+
+async fn lock_is_free(conn: &zbus::Connection, channel: &str) -> bool {
+    let dbus = DBusProxy::new(conn).await.unwrap();
+    let name = BusName::try_from(format!("org.himalaya.Sync.Lock.{channel}")).unwrap();
+    !dbus.name_has_owner(name).await.unwrap()
+}
+
+/// Scenario 5: kill -9 of the daemon mid-sync leaves no mbsync within 1 s and a free lock; a
+/// restarted daemon syncs exact.
+#[tokio::test]
+async fn kill_9_leaves_no_mbsync_and_no_lock() {
+    with_timeout(async {
+        let tb = Testbed::new(SPEC);
+        tb.proxy.set_rate(Some(100_000));
+        let bus = PrivateBus::start(None);
+        let log = tb.dir.path().join("daemon.log");
+        let mut daemon = Daemon::start(bus.address(), &tb.env(), &log).await;
+        let conn = connect(bus.address()).await;
+        let svc = service(&conn).await;
+        svc.sync("alice").await.unwrap();
+        assert!(!lock_is_free(&conn, "alice").await, "the sync holds alice's lock");
+        wait_until("mbsync to pull messages", Duration::from_secs(20), || async {
+            get::<u32>(&svc.get_progress("alice").await.unwrap(), "messages_done").unwrap_or(0) > 0
+        })
+        .await;
+        assert_eq!(mbsync_pids_for(&tb.mbsyncrc()).len(), 1);
+        daemon.kill9();
+        let killed = std::time::Instant::now();
+        wait_until("mbsync to die with the daemon", Duration::from_secs(1), || async {
+            mbsync_pids_for(&tb.mbsyncrc()).is_empty()
+        })
+        .await;
+        println!("mbsync gone {:?} after kill -9", killed.elapsed());
+        assert!(lock_is_free(&conn, "alice").await, "the bus dropped the dead daemon's lock");
+
+        tb.proxy.set_rate(None);
+        let _daemon = Daemon::start(bus.address(), &tb.env(), &tb.dir.path().join("daemon2.log")).await;
+        let svc = service(&conn).await;
+        let mut finished = svc.receive_sync_finished().await.unwrap();
+        svc.sync("alice").await.unwrap();
+        let s = finished.next().await.unwrap();
+        assert!(s.args().unwrap().ok, "{}", s.args().unwrap().message);
+        tb.assert_in_sync("alice");
+    })
+    .await;
+}
+
+/// SIGTERM mid-sync: the daemon stops mbsync, releases the lock and exits 0; the last result is
+/// kept in the state file for the next daemon.
+#[tokio::test]
+async fn sigterm_stops_syncs_and_exits_cleanly() {
+    with_timeout(async {
+        let tb = Testbed::new(SPEC);
+        tb.proxy.set_rate(Some(100_000));
+        let bus = PrivateBus::start(None);
+        let mut daemon = Daemon::start(bus.address(), &tb.env(), &tb.dir.path().join("daemon.log")).await;
+        let conn = connect(bus.address()).await;
+        let svc = service(&conn).await;
+        svc.sync("alice").await.unwrap();
+        wait_until("mbsync to start", Duration::from_secs(20), || async {
+            !mbsync_pids_for(&tb.mbsyncrc()).is_empty()
+        })
+        .await;
+        let status = daemon.terminate(Duration::from_secs(15));
+        assert_eq!(status.code(), Some(0), "log:\n{}", daemon.log());
+        assert!(mbsync_pids_for(&tb.mbsyncrc()).is_empty());
+        assert!(lock_is_free(&conn, "alice").await);
+        let state = std::fs::read_to_string(tb.home().join(".local/state/himalaya-sync/state.json")).unwrap();
+        assert!(state.contains("cancelled"), "{state}");
+        let _daemon = Daemon::start(bus.address(), &tb.env(), &tb.dir.path().join("daemon2.log")).await;
+        let record = service(&conn).await.get_progress("alice").await.unwrap();
+        assert_eq!(get::<String>(&record, "last_result").as_deref(), Some("cancelled"));
+    })
+    .await;
+}
+
+/// Scenario 6: the shipped activation file starts the daemon on the first call.
+#[tokio::test]
+async fn dbus_activation_through_the_shipped_file() {
+    with_timeout(async {
+        let tb = Testbed::new(&[("bob", "INBOX", 20)]);
+        let services = tb.dir.path().join("services");
+        std::fs::create_dir_all(&services).unwrap();
+        let template = include_str!("../systemd/org.himalaya.Sync.service.in");
+        let bindir = Path::new(BIN).parent().unwrap().to_str().unwrap();
+        std::fs::write(services.join("org.himalaya.Sync.service"), template.replace("@BINDIR@", bindir))
+            .unwrap();
+        let bus = PrivateBus::start_with_env(Some(&services), &tb.env());
+        let conn = connect(bus.address()).await;
+        let svc = service(&conn).await;
+        // No daemon runs: this call activates it.
+        let mut accounts = svc.list_accounts().await.unwrap_or_else(|e| panic!("{e}\n{}", bus.log()));
+        accounts.sort();
+        assert_eq!(accounts, ["bob", "everyone"]);
+        let mut finished = svc.receive_sync_finished().await.unwrap();
+        svc.sync("bob").await.unwrap();
+        assert!(finished.next().await.unwrap().args().unwrap().ok);
+        tb.assert_in_sync("bob");
+        // Stop the activated daemon (the bus does not).
+        let dbus = DBusProxy::new(&conn).await.unwrap();
+        let pid = dbus
+            .get_connection_unix_process_id(BusName::try_from("org.himalaya.Sync").unwrap())
+            .await
+            .unwrap();
+        support::daemon::send_signal(pid, "TERM");
+        wait_until("the activated daemon to exit", Duration::from_secs(10), || async {
+            !Path::new(&format!("/proc/{pid}")).exists()
+                || std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z"))
+        })
+        .await;
+    })
+    .await;
+}
+
+/// Extract `<interface name="NAME">…</interface>` from introspection XML.
+fn interface_xml(xml: &str, name: &str) -> String {
+    let start =
+        xml.find(&format!("<interface name=\"{name}\">")).unwrap_or_else(|| panic!("no {name} in:\n{xml}"));
+    let end = start + xml[start..].find("</interface>").unwrap() + "</interface>".len();
+    xml[start..end].lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join("\n")
+}
+
+/// Scenario 7: the live interfaces equal the contract in dbus/org.himalaya.Sync.xml
+/// (`TEST_OVERWRITE=1` rewrites the file after an intended change).
+#[tokio::test]
+async fn live_introspection_matches_the_contract() {
+    with_timeout(async {
+        let tb = Testbed::new(&[("bob", "INBOX", 1)]);
+        let bus = PrivateBus::start(None);
+        let _daemon = Daemon::start(bus.address(), &tb.env(), &tb.dir.path().join("daemon.log")).await;
+        let conn = connect(bus.address()).await;
+        let introspect = |path: &'static str| {
+            let conn = conn.clone();
+            async move {
+                zbus::fdo::IntrospectableProxy::builder(&conn)
+                    .destination("org.himalaya.Sync")
+                    .path(path)
+                    .build()
+                    .await
+                    .unwrap()
+                    .introspect()
+                    .await
+                    .unwrap()
+            }
+        };
+        let main = introspect("/org/himalaya/Sync").await;
+        let account = introspect("/org/himalaya/Sync/account/bob").await;
+        let live = format!(
+            "<!DOCTYPE node PUBLIC \"-//freedesktop//DTD D-BUS Object Introspection 1.0//EN\"\n\
+             \"http://www.freedesktop.org/standards/dbus/1.0/introspect.dtd\">\n\
+             <!-- The org.himalaya.Sync bus API: the contract clients rely on. Checked against the\n\
+             running service by tests/lifecycle.rs; TEST_OVERWRITE=1 cargo test rewrites it. -->\n\
+             <node>\n{}\n<!-- On /org/himalaya/Sync/account/<label>, one object per account. -->\n{}\n</node>\n",
+            interface_xml(&main, "org.himalaya.Sync"),
+            interface_xml(&account, "org.himalaya.Sync.Account"),
+        );
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("dbus/org.himalaya.Sync.xml");
+        if std::env::var_os("TEST_OVERWRITE").is_some() {
+            std::fs::write(&path, &live).unwrap();
+        }
+        let contract = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(live, contract, "the live API differs from dbus/org.himalaya.Sync.xml");
+    })
+    .await;
+}
+
+/// The sum of voluntary and involuntary context switches of every thread of `pid`: it only
+/// grows when a thread wakes up.
+fn wakeups(pid: u32) -> u64 {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+    tasks
+        .filter_map(Result::ok)
+        .map(|t| {
+            let status = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
+            status
+                .lines()
+                .filter(|l| l.contains("ctxt_switches"))
+                .filter_map(|l| l.split_whitespace().last()?.parse::<u64>().ok())
+                .sum::<u64>()
+        })
+        .sum()
+}
+
+/// Scenario 8: after a sync the idle daemon does not wake at all (no polling timers).
+#[tokio::test]
+async fn idle_daemon_does_not_wake() {
+    with_timeout(async {
+        let tb = Testbed::new(&[("bob", "INBOX", 20)]);
+        let bus = PrivateBus::start(None);
+        let daemon = Daemon::start(bus.address(), &tb.env(), &tb.dir.path().join("daemon.log")).await;
+        let conn = connect(bus.address()).await;
+        let svc = service(&conn).await;
+        let mut finished = svc.receive_sync_finished().await.unwrap();
+        svc.sync("bob").await.unwrap();
+        assert!(finished.next().await.unwrap().args().unwrap().ok);
+        // Let the last replies and signals settle, then watch.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let before = wakeups(daemon.pid());
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let after = wakeups(daemon.pid());
+        assert_eq!(after - before, 0, "the idle daemon woke {} times in 3 s", after - before);
+        let rss_kib: u64 = std::fs::read_to_string(format!("/proc/{}/status", daemon.pid()))
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap();
+        println!("idle RSS: {rss_kib} KiB");
+    })
+    .await;
+}
+
+/// The CLI: status --json, watch --json (first line the state, then changes), sync exit codes.
+#[tokio::test]
+async fn cli_status_watch_and_sync() {
+    with_timeout(async {
+        let tb = Testbed::new(&[("bob", "INBOX", 20)]);
+        let bus = PrivateBus::start(None);
+        let _daemon = Daemon::start(bus.address(), &tb.env(), &tb.dir.path().join("daemon.log")).await;
+        let run = |args: &[&str]| {
+            std::process::Command::new(BIN)
+                .args(args)
+                .env_clear()
+                .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+                .env("DBUS_SESSION_BUS_ADDRESS", bus.address())
+                .envs(tb.env())
+                .output()
+                .unwrap()
+        };
+        let out = run(&["status", "--json"]);
+        assert!(out.status.success(), "{out:?}");
+        let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(doc["accounts"]["bob"]["state"], "idle");
+
+        let mut watch = tokio::process::Command::new(BIN)
+            .args(["watch", "--json"])
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("DBUS_SESSION_BUS_ADDRESS", bus.address())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut lines =
+            tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(watch.stdout.take().unwrap()));
+        let first: serde_json::Value =
+            serde_json::from_str(&lines.next_line().await.unwrap().unwrap()).unwrap();
+        assert_eq!(first["event"], "state");
+        assert_eq!(first["accounts"]["bob"]["state"], "idle");
+
+        let out = run(&["sync", "bob"]);
+        assert!(out.status.success(), "{out:?}");
+        assert!(String::from_utf8_lossy(&out.stdout).contains("bob: sync finished"));
+        let mut events = Vec::new();
+        while let Ok(Ok(Some(line))) = tokio::time::timeout(Duration::from_secs(5), lines.next_line()).await {
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+            let done = v["event"] == "finished";
+            events.push(v);
+            if done {
+                break;
+            }
+        }
+        assert_eq!(events.first().unwrap()["progress"]["state"], "syncing");
+        let last_progress = events.iter().rev().find(|e| e["event"] == "progress").unwrap();
+        assert_eq!(last_progress["progress"]["state"], "idle");
+        assert_eq!(last_progress["progress"]["messages_done"], 20);
+        assert_eq!(events.last().unwrap()["ok"], true);
+
+        let out = run(&["status", "bob"]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.starts_with("bob: idle, 20/20 messages"), "{text}");
+        let out = run(&["cancel", "bob"]);
+        assert_eq!(out.status.code(), Some(1));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("org.himalaya.Sync.Error.NotRunning"));
+        let out = run(&["sync", "nosuch"]);
+        assert_eq!(out.status.code(), Some(1));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("org.himalaya.Sync.Error.UnknownAccount"));
+    })
+    .await;
+}

@@ -1,0 +1,198 @@
+//! End-to-end scenarios of the service: a private dbus-daemon, a private Dovecot, real mbsync,
+//! the real daemon binary. Each test has its own everything and a hard timeout.
+
+mod support;
+
+use std::{collections::HashMap, time::Duration};
+
+use futures_util::StreamExt;
+use support::{
+    Testbed,
+    bus::PrivateBus,
+    daemon::{Daemon, connect, error_name, get, mbsync_pids_for, service, wait_until},
+};
+use zbus::OwnedVariant;
+
+type Dict = HashMap<String, OwnedVariant>;
+
+const TIMEOUT: Duration = Duration::from_secs(120);
+/// alice: 2,000 + 500 + 50 messages; bob: 20.
+const SPEC: &[(&str, &str, usize)] =
+    &[("alice", "INBOX", 2000), ("alice", "Archive", 500), ("alice", "Sent", 50), ("bob", "INBOX", 20)];
+
+struct World {
+    tb: Testbed,
+    bus: PrivateBus,
+    daemon: Daemon,
+}
+
+async fn world(spec: &[(&str, &str, usize)]) -> World {
+    let tb = Testbed::new(spec);
+    let bus = PrivateBus::start(None);
+    let daemon = Daemon::start(bus.address(), &tb.env(), &tb.dir.path().join("daemon.log")).await;
+    World { tb, bus, daemon }
+}
+
+fn state(d: &Dict) -> String {
+    get::<String>(d, "state").unwrap_or_default()
+}
+
+async fn with_timeout<F: std::future::Future>(f: F) -> F::Output {
+    tokio::time::timeout(TIMEOUT, f).await.expect("the test timed out")
+}
+
+/// Scenario 1: a 2,550-message sync reports growing progress up to the total and ends exact.
+#[tokio::test]
+async fn full_sync_reports_growing_progress_and_ends_exact() {
+    with_timeout(async {
+        let w = world(SPEC).await;
+        // About 1.4 MB through the proxy at 400 KB/s: a few seconds, long enough to watch.
+        w.tb.proxy.set_rate(Some(400_000));
+        let conn = connect(w.bus.address()).await;
+        let svc = service(&conn).await;
+        let mut progress = svc.receive_progress_changed().await.unwrap();
+        let mut finished = svc.receive_sync_finished().await.unwrap();
+        svc.sync("alice").await.unwrap();
+
+        let mut records: Vec<Dict> = Vec::new();
+        let mut times = Vec::new();
+        let mut checked_mid_sync = false;
+        let (ok, message) = loop {
+            tokio::select! {
+                Some(s) = progress.next() => {
+                    let args = s.args().unwrap();
+                    assert_eq!(args.account, "alice");
+                    times.push(std::time::Instant::now());
+                    records.push(args.progress);
+                    let done = records.last().and_then(|r| get::<u32>(r, "messages_done")).unwrap_or(0);
+                    if !checked_mid_sync && done > 100 {
+                        checked_mid_sync = true;
+                        let now = svc.get_progress("alice").await.unwrap();
+                        assert_eq!(state(&now), "syncing");
+                        let pid: u32 = get(&now, "pid").expect("a pid mid-sync");
+                        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap();
+                        assert_eq!(comm.trim(), "mbsync");
+                        assert_eq!(get::<String>(&now, "owner").as_deref(), Some("service"));
+                        let cmd: Vec<String> = get(&now, "command").unwrap();
+                        assert!(cmd.ends_with(&["alice".to_owned()]), "{cmd:?}");
+                    }
+                }
+                Some(s) = finished.next() => {
+                    let args = s.args().unwrap();
+                    break (args.ok, args.message.to_owned());
+                }
+            }
+        };
+        assert!(ok, "sync failed: {message}\n{}", w.daemon.log());
+        assert!(checked_mid_sync, "never saw the sync mid-way: {} signals", records.len());
+        // Drain what was sent just before SyncFinished.
+        while let Ok(Some(s)) = tokio::time::timeout(Duration::from_millis(200), progress.next()).await {
+            records.push(s.args().unwrap().progress);
+        }
+        let done: Vec<u32> = records.iter().filter_map(|r| get::<u32>(r, "messages_done")).collect();
+        assert!(done.windows(2).all(|w| w[0] <= w[1]), "messages_done went backwards: {done:?}");
+        assert!(done.len() >= 5, "too few progress updates: {done:?}");
+        let last = records.last().unwrap();
+        assert_eq!(state(last), "idle");
+        assert_eq!(get::<String>(last, "last_result").as_deref(), Some("ok"));
+        assert_eq!(get::<u32>(last, "messages_done"), Some(2550));
+        assert_eq!(get::<u32>(last, "messages_total"), Some(2550));
+        // At most ~10 signals per second (plus the first and the final one).
+        let span = times.last().unwrap().duration_since(times[0]).as_secs_f64();
+        assert!(
+            records.len() as f64 <= span * 10.0 + 3.0,
+            "{} signals in {span:.2} s exceed the throttle",
+            records.len()
+        );
+        w.tb.assert_in_sync("alice");
+    })
+    .await;
+}
+
+/// Scenario 2: a second Sync is refused (also through a group sharing the channel); Cancel
+/// stops mbsync; a re-sync is exact.
+#[tokio::test]
+async fn second_sync_is_refused_and_cancel_stops_safely() {
+    with_timeout(async {
+        let w = world(SPEC).await;
+        w.tb.proxy.set_rate(Some(100_000));
+        let conn = connect(w.bus.address()).await;
+        let svc = service(&conn).await;
+        let mut finished = svc.receive_sync_finished().await.unwrap();
+        svc.sync("alice").await.unwrap();
+        assert_eq!(error_name(svc.sync("alice").await), "org.himalaya.Sync.Error.AlreadySyncing");
+        assert_eq!(error_name(svc.sync("everyone").await), "org.himalaya.Sync.Error.AlreadySyncing");
+        assert_eq!(error_name(svc.cancel("bob").await), "org.himalaya.Sync.Error.NotRunning");
+        let pid: u32 = get(&svc.get_progress("alice").await.unwrap(), "pid").unwrap();
+        // Let it get into the data.
+        wait_until("mbsync to pull messages", Duration::from_secs(20), || async {
+            get::<u32>(&svc.get_progress("alice").await.unwrap(), "messages_done").unwrap_or(0) > 0
+        })
+        .await;
+        svc.cancel("alice").await.unwrap();
+        let args = finished.next().await.unwrap();
+        let args = args.args().unwrap();
+        assert_eq!((args.account, args.ok, args.message), ("alice", false, "sync cancelled"));
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists()
+                || mbsync_pids_for(&w.tb.mbsyncrc()).is_empty()
+        );
+        assert!(mbsync_pids_for(&w.tb.mbsyncrc()).is_empty(), "mbsync still runs after Cancel");
+        let record = svc.get_progress("alice").await.unwrap();
+        assert_eq!(state(&record), "idle");
+        assert_eq!(get::<String>(&record, "last_result").as_deref(), Some("cancelled"));
+        assert_eq!(error_name(svc.cancel("alice").await), "org.himalaya.Sync.Error.NotRunning");
+
+        // Nothing lost: a full-speed re-sync ends exact.
+        w.tb.proxy.set_rate(None);
+        svc.sync("alice").await.unwrap();
+        let args = finished.next().await.unwrap();
+        let args = args.args().unwrap();
+        assert!(args.ok, "re-sync failed: {}", args.message);
+        w.tb.assert_in_sync("alice");
+    })
+    .await;
+}
+
+/// Scenario 3: two clients watching one sync both see the final state of every change.
+#[tokio::test]
+async fn two_clients_see_the_same_final_state() {
+    with_timeout(async {
+        let w = world(SPEC).await;
+        w.tb.proxy.set_rate(Some(400_000));
+        let (c1, c2) = (connect(w.bus.address()).await, connect(w.bus.address()).await);
+        let (s1, s2) = (service(&c1).await, service(&c2).await);
+        let mut streams =
+            vec![s1.receive_progress_changed().await.unwrap(), s2.receive_progress_changed().await.unwrap()];
+        let mut fin = s1.receive_sync_finished().await.unwrap();
+        s2.sync("everyone").await.unwrap();
+        let end = fin.next().await.unwrap();
+        assert!(end.args().unwrap().ok, "{}", end.args().unwrap().message);
+        let mut lasts = Vec::new();
+        let mut states = Vec::new();
+        for stream in &mut streams {
+            let mut last: Option<Dict> = None;
+            let mut seen = Vec::new();
+            while let Ok(Some(s)) = tokio::time::timeout(Duration::from_millis(300), stream.next()).await {
+                let args = s.args().unwrap();
+                assert_eq!(args.account, "everyone");
+                seen.push(state(&args.progress));
+                last = Some(args.progress);
+            }
+            seen.dedup();
+            states.push(seen);
+            lasts.push(last.expect("no signal at all"));
+        }
+        assert_eq!(states[0], states[1], "both clients see the same state changes");
+        assert_eq!(states[0].first().map(String::as_str), Some("syncing"));
+        assert_eq!(states[0].last().map(String::as_str), Some("idle"));
+        for key in ["messages_done", "messages_total", "channels_done", "boxes_done"] {
+            assert_eq!(get::<u32>(&lasts[0], key), get::<u32>(&lasts[1], key), "{key}");
+        }
+        assert_eq!(get::<u32>(&lasts[0], "messages_done"), Some(2570));
+        assert_eq!(get::<u32>(&lasts[0], "channels_done"), Some(2));
+        w.tb.assert_in_sync("alice");
+        w.tb.assert_in_sync("bob");
+    })
+    .await;
+}

@@ -1,0 +1,156 @@
+//! The real `himalaya-sync daemon` binary on a test's private bus, and async helpers to talk to
+//! it. Tests drive it only through the bus, as every client does.
+
+use std::{
+    fs::File,
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    time::{Duration, Instant},
+};
+
+use himalaya_sync::bus::service::ServiceProxy;
+use zbus::{Connection, OwnedVariant, fdo::DBusProxy, names::BusName};
+
+/// The binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_himalaya-sync");
+
+/// A running daemon; killed on drop.
+pub struct Daemon {
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Daemon {
+    /// Start the daemon on `bus` with the test bed's environment and wait until it owns
+    /// `org.himalaya.Sync`.
+    pub async fn start(bus: &str, env: &[(String, String)], log: &Path) -> Daemon {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("daemon")
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("DBUS_SESSION_BUS_ADDRESS", bus)
+            .env("HIMALAYA_SYNC_LOG", "himalaya_sync=debug")
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(File::create(log).expect("create the daemon log"));
+        let child = cmd.spawn().expect("start the daemon");
+        let daemon = Daemon { child: Some(child), log: log.to_owned() };
+        let conn = connect(bus).await;
+        let dbus = DBusProxy::new(&conn).await.unwrap();
+        wait_until("the daemon to own org.himalaya.Sync", Duration::from_secs(10), || async {
+            dbus.name_has_owner(BusName::try_from("org.himalaya.Sync").unwrap()).await.unwrap_or(false)
+        })
+        .await;
+        daemon
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `kill -9`: no chance to clean up.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, then wait (bounded) for the exit status.
+    pub fn terminate(&mut self, timeout: Duration) -> ExitStatus {
+        let mut child = self.child.take().expect("daemon already stopped");
+        send_signal(child.id(), "TERM");
+        let start = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if start.elapsed() > timeout {
+                let _ = child.kill();
+                panic!("the daemon did not exit within {timeout:?} of SIGTERM; log:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Send a signal with kill(1) (tests only).
+pub fn send_signal(pid: u32, signal: &str) {
+    let _ = Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status();
+}
+
+/// A client connection to the private bus.
+pub async fn connect(bus: &str) -> Connection {
+    zbus::connection::Builder::address(bus).build().await.expect("connect to the private bus")
+}
+
+/// The service proxy on `conn`.
+pub async fn service(conn: &Connection) -> ServiceProxy<'static> {
+    ServiceProxy::new(conn).await.unwrap()
+}
+
+/// Poll an async condition every 20 ms until true; panic with `what` after `timeout`.
+pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !cond().await {
+        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Every live process whose executable is mbsync, by PID (from /proc: comm).
+pub fn mbsync_pids() -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    dir.filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            // A zombie is already dead; only its parent's reaping is missing.
+            comm.trim() == "mbsync" && !state.split(") ").nth(1).is_some_and(|s| s.starts_with('Z'))
+        })
+        .collect()
+}
+
+/// The mbsync processes whose mbsync config is `rc` (so parallel tests don't see each other's).
+pub fn mbsync_pids_for(rc: &Path) -> Vec<u32> {
+    let rc = rc.to_string_lossy().into_owned();
+    mbsync_pids()
+        .into_iter()
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| c.split(|&b| b == 0).any(|arg| arg == rc.as_bytes()))
+        })
+        .collect()
+}
+
+/// Look up a key of a progress record.
+pub fn get<T: TryFrom<OwnedVariant>>(
+    d: &std::collections::HashMap<String, OwnedVariant>,
+    key: &str,
+) -> Option<T> {
+    d.get(key).and_then(|v| v.try_clone().ok()).and_then(|v| T::try_from(v).ok())
+}
+
+/// The error name of a failed call.
+pub fn error_name<T: std::fmt::Debug>(result: Result<T, himalaya_sync::bus::errors::SyncError>) -> String {
+    match result {
+        Ok(v) => panic!("expected an error, got {v:?}"),
+        Err(err) => zbus::DBusError::name(&err).to_string(),
+    }
+}
