@@ -196,3 +196,38 @@ async fn two_clients_see_the_same_final_state() {
     })
     .await;
 }
+
+/// The lock: a channel whose lock name another connection owns is not synced; the error names
+/// the holder's PID; a group sync takes all its channels' locks or none.
+#[tokio::test]
+async fn a_lock_held_elsewhere_is_locked_elsewhere_with_the_pid() {
+    with_timeout(async {
+        let w = world(&[("alice", "INBOX", 20), ("bob", "INBOX", 20)]).await;
+        let holder = connect(w.bus.address()).await;
+        let flags = zbus::fdo::RequestNameFlags::DO_NOT_QUEUE | zbus::fdo::RequestNameFlags::ALLOW_REPLACEMENT;
+        let reply = holder.request_name_with_flags("org.himalaya.Sync.Lock.bob", flags).await.unwrap();
+        assert_eq!(reply, zbus::fdo::RequestNameReply::PrimaryOwner);
+        let conn = connect(w.bus.address()).await;
+        let svc = service(&conn).await;
+        let dbus = zbus::fdo::DBusProxy::new(&conn).await.unwrap();
+        for account in ["bob", "everyone"] {
+            let err = svc.sync(account).await.unwrap_err();
+            assert_eq!(zbus::DBusError::name(&err).to_string(), "org.himalaya.Sync.Error.LockedElsewhere");
+            let text = zbus::DBusError::description(&err).unwrap_or_default();
+            assert!(text.contains(&format!("PID {}", std::process::id())), "{text}");
+        }
+        // All or none: the group sync gave alice's lock back.
+        let alice = zbus::names::BusName::try_from("org.himalaya.Sync.Lock.alice").unwrap();
+        assert!(!dbus.name_has_owner(alice).await.unwrap());
+        assert!(mbsync_pids_for(&w.tb.mbsyncrc()).is_empty());
+        // alice alone is free to sync; once the holder lets go, bob is too.
+        let mut finished = svc.receive_sync_finished().await.unwrap();
+        svc.sync("alice").await.unwrap();
+        assert!(finished.next().await.unwrap().args().unwrap().ok);
+        holder.release_name("org.himalaya.Sync.Lock.bob").await.unwrap();
+        svc.sync("bob").await.unwrap();
+        assert!(finished.next().await.unwrap().args().unwrap().ok);
+        w.tb.assert_in_sync("bob");
+    })
+    .await;
+}

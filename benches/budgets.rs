@@ -1,0 +1,194 @@
+//! The budgets, measured against a baseline in the same run (`cargo bench`):
+//! 1. wall time of a supervised sync / a bare mbsync on a pty, same mailbox (≤ 1.03);
+//! 2. daemon CPU / mbsync CPU during a sync (≤ 0.03);
+//! 3. latency from an mbsync progress record to a client's ProgressChanged (p99 ≤ 20 ms),
+//!    for isolated records: this binary replays records at known times as a stand-in mbsync;
+//! 4. the idle daemon's RSS (≤ 10 MiB).
+//! Real parts: private dbus-daemon, private Dovecot, real mbsync, the release daemon binary.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::{
+    io::Write,
+    path::Path,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use futures_util::StreamExt;
+use himalaya_sync::runner::{Mbsync, Output};
+use support::{
+    Testbed,
+    bus::PrivateBus,
+    daemon::{Daemon, connect, get, service},
+};
+
+const SPEC: &[(&str, &str, usize)] = &[("alice", "INBOX", 2000), ("alice", "Archive", 500), ("alice", "Sent", 50)];
+const ROUNDS: usize = 5;
+/// Replay mode: this binary stands in for mbsync and writes send times here.
+const REPLAY_ENV: &str = "HIMALAYA_SYNC_BENCH_REPLAY";
+const RECORDS: u32 = 80;
+
+fn now_us() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_micros() as u64
+}
+
+/// Ticks of CPU time: (own utime+stime, reaped children's cutime+cstime).
+fn cpu_ticks(pid: u32) -> (u64, u64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<u64> =
+        stat.rsplit_once(") ").unwrap().1.split_whitespace().map(|f| f.parse().unwrap_or(0)).collect();
+    // After the state field (index 0): utime=11, stime=12, cutime=13, cstime=14.
+    (fields[11] + fields[12], fields[13] + fields[14])
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[((v.len() - 1) as f64 * p).round() as usize]
+}
+
+/// Empty alice's local maildir, so every run is the same fresh 2,550-message sync.
+fn reset_local(tb: &Testbed) {
+    let dir = tb.maildir("alice");
+    std::fs::remove_dir_all(&dir).unwrap();
+    std::fs::create_dir_all(&dir).unwrap();
+}
+
+/// The baseline: mbsync alone on a pty, its output drained, nothing parsed or published.
+async fn bare_sync(tb: &Testbed) -> Duration {
+    let args = vec!["-c".to_owned(), tb.mbsyncrc().display().to_string(), "-V".to_owned(), "alice".to_owned()];
+    let start = Instant::now();
+    let mut mbsync = Mbsync::spawn(Path::new("mbsync"), &args).unwrap();
+    loop {
+        if let Output::Exited(exit) = mbsync.next().await {
+            assert!(exit.success(), "bare mbsync failed: {}", exit.reason());
+            return start.elapsed();
+        }
+    }
+}
+
+fn replay_main(log: &str) {
+    let mut out = std::io::stdout().lock();
+    let mut log = std::fs::File::create(log).unwrap();
+    for i in 1..=RECORDS {
+        std::thread::sleep(Duration::from_millis(120));
+        let sent = now_us();
+        write!(out, "\rC: 0/1  B: 0/1  F: +0/0 *0/0 #0/0  N: +{i}/{RECORDS} *0/0 #0/0").unwrap();
+        out.flush().unwrap();
+        writeln!(log, "{i} {sent}").unwrap();
+    }
+    writeln!(out).unwrap();
+}
+
+fn main() {
+    if let Ok(log) = std::env::var(REPLAY_ENV) {
+        return replay_main(&log);
+    }
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    // The bare baseline needs no environment: `-c` names the config, whose paths are absolute.
+    let tb = Testbed::new(SPEC);
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(run(tb));
+}
+
+async fn run(tb: Testbed) {
+    println!("himalaya-sync budgets (release daemon, real Dovecot/mbsync/dbus-daemon)");
+    let bus = PrivateBus::start(None);
+    let daemon = Daemon::start(bus.address(), &tb.env(), &tb.dir.path().join("daemon.log")).await;
+    let conn = connect(bus.address()).await;
+    let svc = service(&conn).await;
+    let mut finished = svc.receive_sync_finished().await.unwrap();
+
+    // 1 + 2: alternate bare and supervised runs of the same fresh sync.
+    let (mut bare, mut supervised, mut cpu_ratio) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..ROUNDS {
+        reset_local(&tb);
+        let b = bare_sync(&tb).await;
+        reset_local(&tb);
+        let (own0, kids0) = cpu_ticks(daemon.pid());
+        let start = Instant::now();
+        svc.sync("alice").await.unwrap();
+        let s = finished.next().await.unwrap();
+        let elapsed = start.elapsed();
+        assert!(s.args().unwrap().ok, "{}", s.args().unwrap().message);
+        let (own1, kids1) = cpu_ticks(daemon.pid());
+        let ratio = (own1 - own0) as f64 / ((kids1 - kids0) as f64).max(1.0);
+        println!(
+            "  round {round}: bare {:.3} s, supervised {:.3} s, daemon {} ticks / mbsync {} ticks",
+            b.as_secs_f64(),
+            elapsed.as_secs_f64(),
+            own1 - own0,
+            kids1 - kids0
+        );
+        bare.push(b.as_secs_f64());
+        supervised.push(elapsed.as_secs_f64());
+        cpu_ratio.push(ratio);
+    }
+    let wall = median(supervised.clone()) / median(bare.clone());
+    println!("wall time supervised/bare (median of {ROUNDS}): {wall:.3}   budget <= 1.03");
+    println!("CPU daemon/mbsync (median of {ROUNDS}): {:.4}   budget <= 0.03", median(cpu_ratio));
+    tb.assert_in_sync("alice");
+
+    // 4: idle RSS after real syncs.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    println!("idle RSS: {:.1} MiB   budget <= 10 MiB", rss_kib(daemon.pid()) as f64 / 1024.0);
+    drop(daemon);
+
+    // 3: latency, with this binary replaying isolated records as the daemon's mbsync.
+    let log = tb.dir.path().join("replay.log");
+    let config_dir = tb.home().join(".config/himalaya-sync");
+    std::fs::create_dir_all(&config_dir).unwrap();
+    let exe = std::env::current_exe().unwrap();
+    std::fs::write(config_dir.join("config.toml"), format!("mbsync = {:?}\n", exe.display().to_string())).unwrap();
+    let mut env = tb.env();
+    env.push((REPLAY_ENV.to_owned(), log.display().to_string()));
+    let daemon = Daemon::start(bus.address(), &env, &tb.dir.path().join("daemon-replay.log")).await;
+    let mut progress = svc.receive_progress_changed().await.unwrap();
+    svc.sync("alice").await.unwrap();
+    let mut received = std::collections::HashMap::new();
+    loop {
+        tokio::select! {
+            Some(s) = progress.next() => {
+                let t = now_us();
+                if let Some(done) = get::<u32>(&s.args().unwrap().progress, "messages_done") {
+                    received.entry(done).or_insert(t);
+                }
+            }
+            Some(_) = finished.next() => break,
+        }
+    }
+    let sent: Vec<(u32, u64)> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .filter_map(|l| {
+            let (i, t) = l.split_once(' ')?;
+            Some((i.parse().ok()?, t.parse().ok()?))
+        })
+        .collect();
+    let lat: Vec<f64> =
+        sent.iter().filter_map(|(i, t)| received.get(i).map(|r| r.saturating_sub(*t) as f64 / 1000.0)).collect();
+    assert_eq!(lat.len(), sent.len(), "every isolated record must reach the client");
+    println!(
+        "latency record -> client signal ({} isolated records): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms   budget p99 <= 20 ms",
+        lat.len(),
+        percentile(lat.clone(), 0.5),
+        percentile(lat.clone(), 0.99),
+        percentile(lat, 1.0)
+    );
+    drop(daemon);
+}
