@@ -1,9 +1,10 @@
 //! The budgets, measured against a baseline in the same run (`cargo bench`):
 //! 1. wall time of a supervised sync / a bare mbsync on a pty, same mailbox (≤ 1.03);
 //! 2. daemon CPU / mbsync CPU during a sync (≤ 0.03);
-//! 3. latency from an mbsync progress record to a client's ProgressChanged (p99 ≤ 20 ms),
+//! 3. latency from an mbsync progress record to a client's `ProgressChanged` (p99 ≤ 20 ms),
 //!    for isolated records: this binary replays records at known times as a stand-in mbsync;
 //! 4. the idle daemon's RSS (≤ 10 MiB).
+//!
 //! Real parts: private dbus-daemon, private Dovecot, real mbsync, the release daemon binary.
 
 #[path = "../tests/support/mod.rs"]
@@ -23,7 +24,8 @@ use support::{
     daemon::{Daemon, connect, get, service},
 };
 
-const SPEC: &[(&str, &str, usize)] = &[("alice", "INBOX", 2000), ("alice", "Archive", 500), ("alice", "Sent", 50)];
+const SPEC: &[(&str, &str, usize)] =
+    &[("alice", "INBOX", 2000), ("alice", "Archive", 500), ("alice", "Sent", 50)];
 const ROUNDS: usize = 5;
 /// Replay mode: this binary stands in for mbsync and writes send times here.
 const REPLAY_ENV: &str = "HIMALAYA_SYNC_BENCH_REPLAY";
@@ -70,7 +72,8 @@ fn reset_local(tb: &Testbed) {
 
 /// The baseline: mbsync alone on a pty, its output drained, nothing parsed or published.
 async fn bare_sync(tb: &Testbed) -> Duration {
-    let args = vec!["-c".to_owned(), tb.mbsyncrc().display().to_string(), "-V".to_owned(), "alice".to_owned()];
+    let args =
+        vec!["-c".to_owned(), tb.mbsyncrc().display().to_string(), "-V".to_owned(), "alice".to_owned()];
     let start = Instant::now();
     let mut mbsync = Mbsync::spawn(Path::new("mbsync"), &args).unwrap();
     loop {
@@ -154,7 +157,8 @@ async fn run(tb: Testbed) {
     let config_dir = tb.home().join(".config/himalaya-sync");
     std::fs::create_dir_all(&config_dir).unwrap();
     let exe = std::env::current_exe().unwrap();
-    std::fs::write(config_dir.join("config.toml"), format!("mbsync = {:?}\n", exe.display().to_string())).unwrap();
+    std::fs::write(config_dir.join("config.toml"), format!("mbsync = {:?}\n", exe.display().to_string()))
+        .unwrap();
     let mut env = tb.env();
     env.push((REPLAY_ENV.to_owned(), log.display().to_string()));
     let daemon = Daemon::start(bus.address(), &env, &tb.dir.path().join("daemon-replay.log")).await;
@@ -180,8 +184,10 @@ async fn run(tb: Testbed) {
             Some((i.parse().ok()?, t.parse().ok()?))
         })
         .collect();
-    let lat: Vec<f64> =
-        sent.iter().filter_map(|(i, t)| received.get(i).map(|r| r.saturating_sub(*t) as f64 / 1000.0)).collect();
+    let lat: Vec<f64> = sent
+        .iter()
+        .filter_map(|(i, t)| received.get(i).map(|r| r.saturating_sub(*t) as f64 / 1000.0))
+        .collect();
     assert_eq!(lat.len(), sent.len(), "every isolated record must reach the client");
     println!(
         "latency record -> client signal ({} isolated records): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms   budget p99 <= 20 ms",

@@ -135,30 +135,48 @@ pub async fn sync(account: &str, no_wait: bool, quiet: bool) -> Result<()> {
     // Subscribe before the call: a fast sync may end before the reply arrives.
     let mut finished = proxy.receive_sync_finished().await?;
     let mut progress = proxy.receive_progress_changed().await?;
+    let mut owner = proxy.inner().receive_owner_changed().await?;
     proxy.sync(account).await?;
     if no_wait {
         return Ok(());
     }
     let mut last_line = String::new();
+    // A SyncFinished of an earlier run may still be on its way: only one that follows our
+    // run's first `syncing` record counts (signals keep their order on the bus).
+    let mut started = false;
     loop {
         tokio::select! {
             Some(signal) = finished.next() => {
                 let Ok(args) = signal.args() else { continue };
-                if args.account != account {
+                if args.account != account || !started {
                     continue;
                 }
-                return if args.ok {
-                    if !quiet {
-                        println!("{account}: {}", args.message);
+                return match (args.ok, args.message) {
+                    (true, message) => {
+                        if !quiet {
+                            println!("{account}: {message}");
+                        }
+                        Ok(())
                     }
-                    Ok(())
-                } else {
-                    Err(CliError { code: 1, message: format!("org.himalaya.Sync.Error.MbsyncFailed: {account}: {}", args.message) })
+                    (false, "sync cancelled") => Err(CliError { code: 1, message: format!("{account}: the sync was cancelled") }),
+                    (false, message) => Err(CliError {
+                        code: 1,
+                        message: format!("org.himalaya.Sync.Error.MbsyncFailed: {account}: {message}"),
+                    }),
                 };
+            }
+            Some(new_owner) = owner.next() => {
+                if new_owner.is_none() {
+                    return Err(CliError { code: EXIT_NO_SERVICE, message: "the service stopped during the sync".into() });
+                }
             }
             Some(signal) = progress.next() => {
                 let Ok(args) = signal.args() else { continue };
-                if args.account != account || quiet {
+                if args.account != account {
+                    continue;
+                }
+                started |= args.progress.get("state").and_then(|v| v.downcast_ref::<&str>().ok()) == Some("syncing");
+                if quiet {
                     continue;
                 }
                 let line = human_line(account, &record_to_json(&args.progress));
@@ -205,6 +223,7 @@ pub async fn watch(as_json: bool) -> Result<()> {
     let proxy = proxy().await?;
     let mut progress = proxy.receive_progress_changed().await?;
     let mut finished = proxy.receive_sync_finished().await?;
+    let mut owner = proxy.inner().receive_owner_changed().await?;
     let all: BTreeMap<String, Value> =
         proxy.get_all_progress().await?.iter().map(|(k, v)| (k.clone(), record_to_json(v))).collect();
     let mut out = std::io::stdout().lock();
@@ -239,6 +258,11 @@ pub async fn watch(as_json: bool) -> Result<()> {
                 } else {
                     format!("{}: {} ({})", args.account, if args.ok { "finished" } else { "failed" }, args.message)
                 })?;
+            }
+            Some(new_owner) = owner.next() => {
+                if new_owner.is_none() {
+                    return Err(CliError { code: EXIT_NO_SERVICE, message: "the service stopped".into() });
+                }
             }
             else => return Err(CliError { code: EXIT_NO_SERVICE, message: "the service went away".into() }),
         }

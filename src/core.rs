@@ -40,7 +40,7 @@ use crate::{
 };
 
 /// What the core tells the outside world.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug)]
 pub enum CoreEvent {
     /// An account's record changed (throttled; first and final states always sent).
     Progress { account: String, record: Box<Record> },
@@ -48,13 +48,13 @@ pub enum CoreEvent {
     Finished { account: String, ok: bool, message: String },
     /// The set of accounts changed (the mbsync config was edited).
     AccountsChanged(Vec<String>),
+    /// Answer once every event before this one is published (shutdown waits for it).
+    Flush(tokio::sync::oneshot::Sender<()>),
 }
 
 /// Why a channel lock could not be taken.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LockError {
-    /// This service holds it already (another of its runs).
-    Ours { channel: String },
     /// Another program holds it; `holder` describes it for people.
     Elsewhere { channel: String, holder: String },
     /// The bus refused or failed.
@@ -104,6 +104,8 @@ struct Inner {
     busy: BTreeMap<String, String>,
     state: state::State,
     store: state::Store,
+    /// Set by `shutdown`: no new run may start.
+    shutting_down: bool,
 }
 
 #[derive(Default)]
@@ -116,6 +118,10 @@ struct RunHandle {
     stop: mpsc::UnboundedSender<()>,
     task: Option<JoinHandle<()>>,
 }
+
+/// How long a run waits between pty reads while a throttled publish is pending. Short enough
+/// that the pty buffer never fills (mbsync writes at most ~200 KB/s of progress).
+const BATCH_PAUSE: std::time::Duration = std::time::Duration::from_millis(10);
 
 fn now_us() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
@@ -133,6 +139,7 @@ impl<L: Locks> Core<L> {
             busy: BTreeMap::new(),
             state,
             store,
+            shutting_down: false,
         };
         reload_into(&mut inner, &settings.mbsync_config);
         if let Err(err) = &inner.mbsync {
@@ -228,6 +235,12 @@ impl<L: Locks> Core<L> {
         let mut channels = {
             let mut inner = self.inner();
             let channels = self.lookup(&mut inner, account)?;
+            if inner.shutting_down {
+                return Err(Error::MbsyncFailed {
+                    account: account.into(),
+                    reason: "the service is shutting down; try again when it is back".into(),
+                });
+            }
             if let Some((channel, _)) = channels.iter().find_map(|c| inner.busy.get_key_value(c)) {
                 return Err(Error::AlreadySyncing { account: account.into(), channel: channel.clone() });
             }
@@ -260,15 +273,21 @@ impl<L: Locks> Core<L> {
                 }
             })?;
         self.shared.locks.acquire(channels).await.map_err(|err| match err {
-            LockError::Ours { channel } => Error::AlreadySyncing { account: account.into(), channel },
             LockError::Elsewhere { channel, holder } => {
                 Error::LockedElsewhere { account: account.into(), channel, holder }
             }
             LockError::Failed(reason) => Error::MbsyncFailed {
                 account: account.into(),
-                reason: format!("could not take the sync lock: {reason}"),
+                reason: format!("mbsync was not started: the sync lock could not be taken: {reason}"),
             },
         })?;
+        if self.inner().shutting_down {
+            self.shared.locks.release(channels).await;
+            return Err(Error::MbsyncFailed {
+                account: account.into(),
+                reason: "the service is shutting down; try again when it is back".into(),
+            });
+        }
         let args = vec![
             "-c".to_owned(),
             settings.mbsync_config.display().to_string(),
@@ -317,7 +336,16 @@ impl<L: Locks> Core<L> {
     /// # Errors
     /// Invalid or unknown account, or no sync of it running here.
     pub fn cancel(&self, account: &str) -> Result<()> {
+        validate_name(account)?;
         let mut inner = self.inner();
+        // A running sync can be stopped even if its account vanished from a (broken) config.
+        if let Some(run) = inner.accounts.get(account).and_then(|s| s.run.as_ref()) {
+            return if run.stop.send(()).is_ok() {
+                Ok(())
+            } else {
+                Err(Error::NotRunning { account: account.into() })
+            };
+        }
         self.lookup(&mut inner, account)?;
         match inner.accounts.get(account).and_then(|s| s.run.as_ref()) {
             Some(run) if run.stop.send(()).is_ok() => Ok(()),
@@ -325,10 +353,18 @@ impl<L: Locks> Core<L> {
         }
     }
 
+    /// Resolves once every event sent so far has been published.
+    pub async fn flush(&self) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.emit(CoreEvent::Flush(tx));
+        let _ = rx.await;
+    }
+
     /// Stop every run and wait until each is reaped and its locks released.
     pub async fn shutdown(&self) {
         let tasks: Vec<JoinHandle<()>> = {
             let mut inner = self.inner();
+            inner.shutting_down = true;
             inner
                 .accounts
                 .values_mut()
@@ -374,6 +410,11 @@ impl<L: Locks> Core<L> {
                                 Decision::SendAt(at) => publish_at = Some(at.into()),
                                 Decision::Pending => {}
                             }
+                        }
+                        if publish_at.is_some() {
+                            // A publish is due anyway: let mbsync's burst (two records per
+                            // message) gather in the pty rather than waking for each record.
+                            tokio::time::sleep(BATCH_PAUSE).await;
                         }
                     }
                     Output::Exited(exit) => {
@@ -431,9 +472,11 @@ impl<L: Locks> Core<L> {
                     finished_at: record.finished_at,
                 },
             );
-            (record, inner.state.clone())
+            (record, (inner.state.clone(), inner.store.clone()))
         };
-        if let Err(err) = self.inner().store.save(&state) {
+        // Saved outside the lock: an fsync must not stall other accounts' progress.
+        let (state, store) = state;
+        if let Err(err) = store.save(&state) {
             tracing::warn!(%err, "cannot save the state file");
         }
         self.emit(CoreEvent::Progress { account: account.clone(), record: Box::new(record) });
@@ -446,7 +489,22 @@ impl<L: Locks> Core<L> {
     }
 
     fn with_slot<T>(&self, account: &str, f: impl FnOnce(&mut Slot) -> T) -> T {
-        f(self.inner().accounts.entry(account.to_owned()).or_default())
+        let mut inner = self.inner();
+        match inner.accounts.get_mut(account) {
+            Some(slot) => f(slot),
+            None => f(inner.accounts.entry(account.to_owned()).or_default()),
+        }
+    }
+
+    /// A lock name of ours was taken away (a forced takeover): stop the run that held it, since
+    /// its channel may now be synced by someone else.
+    pub fn lock_lost(&self, channel: &str) {
+        let inner = self.inner();
+        let Some(account) = inner.busy.get(channel) else { return };
+        if let Some(run) = inner.accounts.get(account).and_then(|s| s.run.as_ref()) {
+            tracing::warn!(account, channel, "lost the lock of a running sync; stopping it");
+            let _ = run.stop.send(());
+        }
     }
 
     /// Feed parsed events to the model; whether the record changed.

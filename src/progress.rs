@@ -173,31 +173,48 @@ impl Progress {
         };
     }
 
-    /// Apply one parser event. Returns whether the record changed.
+    /// Apply one parser event. Returns whether the record changed. (Compares only what the
+    /// event can touch: this runs for every one of mbsync's thousands of records.)
     pub fn apply(&mut self, event: &Event, now_us: u64) -> bool {
-        let before = self.record.clone();
-        match event {
-            Event::Stats(stats) => self.apply_stats(stats, now_us),
+        let r = &mut self.record;
+        let mut changed = match event {
+            Event::Stats(stats) => {
+                let before = (r.channels, r.boxes, r.far, r.near);
+                self.apply_stats(stats, now_us);
+                let r = &self.record;
+                before != (r.channels, r.boxes, r.far, r.near)
+            }
             Event::Channel(name) => {
                 self.synchronizing = false;
-                self.record.channel = Some(name.clone());
-                self.record.mailbox = None;
+                let changed = r.channel.as_deref() != Some(name.as_str()) || r.mailbox.is_some();
+                r.channel = Some(name.clone());
+                r.mailbox = None;
+                changed
             }
             Event::Mailbox { side: _, name } => {
                 self.synchronizing = false;
-                self.record.mailbox = Some(name.clone());
-                self.record.operation = Some(format!("Opening {name}"));
+                let operation = format!("Opening {name}");
+                let changed = r.mailbox.as_deref() != Some(name.as_str())
+                    || r.operation.as_deref() != Some(operation.as_str());
+                r.mailbox = Some(name.clone());
+                r.operation = Some(operation);
+                changed
             }
             Event::Operation(op) => {
                 if op == "Synchronizing" {
                     self.synchronizing = true;
                 }
-                self.record.operation = Some(op.clone());
+                let changed = r.operation.as_deref() != Some(op.as_str());
+                r.operation = Some(op.clone());
+                changed
             }
-            Event::Info(_) => {}
-        }
+            Event::Info(_) => false,
+        };
+        let r = &self.record;
+        let estimates = (r.rate, r.eta_s, r.percent);
         self.update_estimates(now_us);
-        let changed = self.record != before;
+        let r = &self.record;
+        changed |= estimates != (r.rate, r.eta_s, r.percent);
         if changed {
             self.record.last_update = Some(now_us);
         }

@@ -10,10 +10,10 @@
 //!    main thread and lives as long as the process.
 //! 5. argv is a vector: no shell, no string-built command line.
 
-use std::{io, os::fd::AsFd, path::Path, process::Stdio};
+use std::{io, os::fd::AsFd, os::unix::process::ExitStatusExt, path::Path, process::Stdio};
 
 use nix::{
-    fcntl::{FcntlArg, OFlag, fcntl},
+    fcntl::{FcntlArg, FdFlag, OFlag, fcntl},
     sys::signal::{Signal, killpg},
     unistd::Pid,
 };
@@ -27,6 +27,10 @@ use tokio::{
 const COLUMNS: &str = "250";
 /// The most stderr kept (the reason of a failure is in the last lines).
 const STDERR_LIMIT: usize = 64 * 1024;
+/// How long output is still read after mbsync exited.
+const DRAIN: std::time::Duration = std::time::Duration::from_millis(500);
+/// The longest failure reason passed on (the end of mbsync's error output).
+const REASON_LIMIT: usize = 600;
 
 /// A running mbsync.
 #[derive(Debug)]
@@ -37,6 +41,12 @@ pub struct Mbsync {
     pty: Option<pipe::Receiver>,
     stderr: Option<ChildStderr>,
     stderr_buf: Vec<u8>,
+    read_buf: Box<[u8]>,
+    err_buf: Box<[u8]>,
+    /// Set once mbsync has exited: its streams are drained until EOF or this deadline, whichever
+    /// comes first (a helper it started may hold the pty or stderr open for good).
+    status: Option<std::process::ExitStatus>,
+    drain_until: Option<tokio::time::Instant>,
 }
 
 /// What [`Mbsync::next`] saw.
@@ -77,7 +87,12 @@ impl Exit {
             .filter(|l| !l.is_empty() && !l.starts_with("*** IMAP Warning") && !l.starts_with("Warning:"))
             .collect();
         if !errors.is_empty() {
-            return errors.join("; ");
+            let reason = errors.join("; ");
+            // Keep the end: mbsync's last error is the one that ended it.
+            return match reason.char_indices().rev().nth(REASON_LIMIT) {
+                Some((cut, _)) => format!("...{}", &reason[cut..]),
+                None => reason,
+            };
         }
         match (self.code, self.signal) {
             (Some(code), _) => format!("mbsync exited with status {code}"),
@@ -94,6 +109,11 @@ impl Mbsync {
     /// The pty cannot be opened or the program cannot be started (`NotFound` when it is missing).
     pub fn spawn(program: &Path, args: &[String]) -> io::Result<Self> {
         let pty = nix::pty::openpty(None, None).map_err(io::Error::from)?;
+        // glibc's openpty does not set close-on-exec: without it mbsync and every helper it
+        // starts would inherit both ends, and the master would never see EOF.
+        for fd in [pty.master.as_fd(), pty.slave.as_fd()] {
+            fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).map_err(io::Error::from)?;
+        }
         let mut cmd = Command::new(program);
         cmd.args(args)
             .stdin(Stdio::null())
@@ -111,7 +131,17 @@ impl Mbsync {
         fcntl(pty.master.as_fd(), FcntlArg::F_SETFL(OFlag::O_NONBLOCK)).map_err(io::Error::from)?;
         let stderr = child.stderr.take();
         let pty = pipe::Receiver::from_owned_fd_unchecked(pty.master)?;
-        Ok(Self { child, pid, pty: Some(pty), stderr, stderr_buf: Vec::new() })
+        Ok(Self {
+            child,
+            pid,
+            pty: Some(pty),
+            stderr,
+            stderr_buf: Vec::new(),
+            read_buf: vec![0; 16 * 1024].into_boxed_slice(),
+            err_buf: vec![0; 4096].into_boxed_slice(),
+            status: None,
+            drain_until: None,
+        })
     }
 
     /// The process id (also its process group id).
@@ -131,25 +161,37 @@ impl Mbsync {
 
     /// The next piece of output, or the end of the run. Cancel-safe.
     pub async fn next(&mut self) -> Output {
-        let mut buf = vec![0u8; 16 * 1024];
-        let mut err_buf = [0u8; 4096];
         loop {
-            let pty_open = self.pty.is_some();
-            let stderr_open = self.stderr.is_some();
-            if !pty_open && !stderr_open {
+            if self.pty.is_none() && self.stderr.is_none() {
                 return Output::Exited(self.reap().await);
             }
+            let (pty_open, stderr_open) = (self.pty.is_some(), self.stderr.is_some());
+            let running = self.status.is_none();
+            let drain_until = self.drain_until;
             tokio::select! {
                 biased;
-                read = read_pty(self.pty.as_mut(), &mut buf), if pty_open => match read {
-                    Ok(n) if n > 0 => return Output::Stdout(buf[..n].to_vec()),
+                read = read_stream(self.pty.as_mut(), &mut self.read_buf), if pty_open => match read {
+                    Ok(n) if n > 0 => return Output::Stdout(self.read_buf[..n].to_vec()),
                     // EOF, or EIO: every holder of the slave end closed it.
                     Ok(_) | Err(_) => self.pty = None,
                 },
-                read = read_stderr(self.stderr.as_mut(), &mut err_buf), if stderr_open => match read {
-                    Ok(n) if n > 0 => self.keep_stderr(&err_buf[..n]),
+                read = read_stream(self.stderr.as_mut(), &mut self.err_buf), if stderr_open => match read {
+                    Ok(n) if n > 0 => {
+                        let n = n.min(self.err_buf.len());
+                        let chunk = self.err_buf[..n].to_vec();
+                        self.keep_stderr(&chunk);
+                    }
                     Ok(_) | Err(_) => self.stderr = None,
                 },
+                status = self.child.wait(), if running => {
+                    self.status = Some(status.unwrap_or_else(|_| std::process::ExitStatus::from_raw(1 << 8)));
+                    self.drain_until = Some(tokio::time::Instant::now() + DRAIN);
+                }
+                () = tokio::time::sleep_until(drain_until.unwrap_or_else(tokio::time::Instant::now)), if drain_until.is_some() => {
+                    tracing::debug!(pid = self.pid, "a helper of mbsync holds its output open; not waiting for it");
+                    self.pty = None;
+                    self.stderr = None;
+                }
             }
         }
     }
@@ -163,24 +205,23 @@ impl Mbsync {
     }
 
     async fn reap(&mut self) -> Exit {
-        use std::os::unix::process::ExitStatusExt;
         let stderr = String::from_utf8_lossy(&self.stderr_buf).into_owned();
-        match self.child.wait().await {
+        let status = match self.status {
+            Some(status) => Ok(status),
+            None => self.child.wait().await,
+        };
+        match status {
             Ok(status) => Exit { code: status.code(), signal: status.signal(), stderr },
             Err(err) => Exit { code: None, signal: None, stderr: format!("{stderr}{err}") },
         }
     }
 }
 
-async fn read_pty(pty: Option<&mut pipe::Receiver>, buf: &mut [u8]) -> io::Result<usize> {
-    match pty {
-        Some(p) => p.read(buf).await,
-        None => Ok(0),
-    }
-}
-
-async fn read_stderr(stderr: Option<&mut ChildStderr>, buf: &mut [u8]) -> io::Result<usize> {
-    match stderr {
+async fn read_stream<R: tokio::io::AsyncRead + Unpin>(
+    stream: Option<&mut R>,
+    buf: &mut [u8],
+) -> io::Result<usize> {
+    match stream {
         Some(s) => s.read(buf).await,
         None => Ok(0),
     }
@@ -197,7 +238,8 @@ fn set_parent_death_signal(cmd: &mut Command) {
             // The daemon may have died between fork and prctl: then no signal will ever come.
             // Failing here makes the child exit before exec and the spawn report the error.
             if nix::unistd::getppid() != parent {
-                return Err(io::Error::other("the daemon exited while mbsync was starting"));
+                // No allocation in the forked child: a plain errno.
+                return Err(io::Error::from_raw_os_error(nix::errno::Errno::ESRCH as i32));
             }
             Ok(())
         });

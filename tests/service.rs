@@ -204,7 +204,8 @@ async fn a_lock_held_elsewhere_is_locked_elsewhere_with_the_pid() {
     with_timeout(async {
         let w = world(&[("alice", "INBOX", 20), ("bob", "INBOX", 20)]).await;
         let holder = connect(w.bus.address()).await;
-        let flags = zbus::fdo::RequestNameFlags::DO_NOT_QUEUE | zbus::fdo::RequestNameFlags::ALLOW_REPLACEMENT;
+        let flags =
+            zbus::fdo::RequestNameFlags::DO_NOT_QUEUE | zbus::fdo::RequestNameFlags::ALLOW_REPLACEMENT;
         let reply = holder.request_name_with_flags("org.himalaya.Sync.Lock.bob", flags).await.unwrap();
         assert_eq!(reply, zbus::fdo::RequestNameReply::PrimaryOwner);
         let conn = connect(w.bus.address()).await;

@@ -63,14 +63,22 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
-            signal = lost.next() => match signal {
-                Some(s) if s.args().is_ok_and(|a| a.name.as_str() == BUS_NAME) => {
+            signal = lost.next() => {
+                let Some(signal) = signal else { break };
+                let Ok(args) = signal.args() else { continue };
+                if args.name.as_str() == BUS_NAME {
                     tracing::warn!("lost {BUS_NAME}; shutting down");
                     break;
                 }
-                Some(_) => {}
-                None => break,
-            },
+                // We also hear NameLost for our own releases: only a lock that someone else
+                // owns now was really taken away.
+                if let Some(channel) = names::channel_of_lock_name(args.name.as_str()) {
+                    let owner = dbus.get_name_owner(args.name.clone()).await.ok();
+                    if owner.as_ref().map(|o| o.as_str()) != conn.unique_name().map(|u| u.as_str()) && owner.is_some() {
+                        core.lock_lost(&channel);
+                    }
+                }
+            }
             () = conn.closed() => {
                 tracing::warn!("the bus connection closed; shutting down");
                 break;
@@ -79,6 +87,8 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
     }
     tracing::info!("shutting down");
     core.shutdown().await;
+    // The runs' final states and SyncFinished signals are queued: send them before leaving.
+    core.flush().await;
     Ok(())
 }
 
@@ -147,6 +157,10 @@ async fn publish(
             }
             CoreEvent::Finished { account, ok, message } => {
                 service.sync_finished(&account, ok, &message).await
+            }
+            CoreEvent::Flush(done) => {
+                let _ = done.send(());
+                Ok(())
             }
             CoreEvent::AccountsChanged(_) => {
                 sync_account_objects(&conn, &core, &mut objects).await;

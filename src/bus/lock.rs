@@ -33,7 +33,12 @@ impl BusLocks {
         let flags = RequestNameFlags::DO_NOT_QUEUE | RequestNameFlags::ALLOW_REPLACEMENT;
         match self.conn.request_name_with_flags(name.as_str(), flags).await {
             Ok(RequestNameReply::PrimaryOwner) => Ok(()),
-            Ok(RequestNameReply::AlreadyOwner) => Err(LockError::Ours { channel: channel.into() }),
+            // The core reserved this channel before asking, so no run of ours holds it: the name
+            // is left over from a release that failed. It is ours; use it.
+            Ok(RequestNameReply::AlreadyOwner) => {
+                tracing::warn!(%name, "lock name was still held from an earlier run");
+                Ok(())
+            }
             Ok(RequestNameReply::InQueue | RequestNameReply::Exists) | Err(zbus::Error::NameTaken) => {
                 Err(LockError::Elsewhere {
                     channel: channel.into(),
