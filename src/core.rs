@@ -119,10 +119,6 @@ struct RunHandle {
     task: Option<JoinHandle<()>>,
 }
 
-/// How long a run waits between pty reads while a throttled publish is pending. Short enough
-/// that the pty buffer never fills (mbsync writes at most ~200 KB/s of progress).
-const BATCH_PAUSE: std::time::Duration = std::time::Duration::from_millis(10);
-
 fn now_us() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
 }
@@ -410,11 +406,6 @@ impl<L: Locks> Core<L> {
                                 Decision::SendAt(at) => publish_at = Some(at.into()),
                                 Decision::Pending => {}
                             }
-                        }
-                        if publish_at.is_some() {
-                            // A publish is due anyway: let mbsync's burst (two records per
-                            // message) gather in the pty rather than waking for each record.
-                            tokio::time::sleep(BATCH_PAUSE).await;
                         }
                     }
                     Output::Exited(exit) => {
