@@ -95,7 +95,7 @@ async fn wrong_password_fails_with_mbsyncs_reason() {
         assert_eq!(get::<String>(&record, "state").as_deref(), Some("failed"));
         assert!(get::<String>(&record, "last_error").unwrap().contains("AUTHENTICATIONFAILED"));
         // The CLI turns it into MbsyncFailed and exit code 1.
-        let out = cli(&bus, &tb, &["sync", "bob"]);
+        let out = support::daemon::run_cli(bus.address(), &tb.env(), &["sync", "bob"]);
         assert_eq!(out.status.code(), Some(1), "{out:?}");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(
@@ -193,16 +193,4 @@ async fn missing_mbsync_is_mbsync_missing() {
         drop(daemon);
     })
     .await;
-}
-
-/// Runs the CLI against the test's bus.
-fn cli(bus: &PrivateBus, tb: &Testbed, args: &[&str]) -> std::process::Output {
-    std::process::Command::new(support::daemon::BIN)
-        .args(args)
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("DBUS_SESSION_BUS_ADDRESS", bus.address())
-        .envs(tb.env())
-        .output()
-        .unwrap()
 }

@@ -238,16 +238,7 @@ async fn cli_status_watch_and_sync() {
         let tb = Testbed::new(&[("bob", "INBOX", 20)]);
         let bus = PrivateBus::start(None);
         let _daemon = Daemon::start(bus.address(), &tb.env(), &tb.dir.path().join("daemon.log")).await;
-        let run = |args: &[&str]| {
-            std::process::Command::new(BIN)
-                .args(args)
-                .env_clear()
-                .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-                .env("DBUS_SESSION_BUS_ADDRESS", bus.address())
-                .envs(tb.env())
-                .output()
-                .unwrap()
-        };
+        let run = |args: &[&str]| support::daemon::run_cli(bus.address(), &tb.env(), args);
         let out = run(&["status", "--json"]);
         assert!(out.status.success(), "{out:?}");
         let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();

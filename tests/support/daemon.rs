@@ -85,6 +85,18 @@ impl Drop for Daemon {
     }
 }
 
+/// Run the CLI (`himalaya-sync ARGS`) against the test's bus with the test bed's environment.
+pub fn run_cli(bus: &str, env: &[(String, String)], args: &[&str]) -> std::process::Output {
+    Command::new(BIN)
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("DBUS_SESSION_BUS_ADDRESS", bus)
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .output()
+        .expect("run the CLI")
+}
+
 /// Send a signal with kill(1) (tests only).
 pub fn send_signal(pid: u32, signal: &str) {
     let _ = Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status();
