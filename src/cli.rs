@@ -146,6 +146,24 @@ pub async fn sync(account: &str, no_wait: bool, quiet: bool) -> Result<()> {
     let mut started = false;
     loop {
         tokio::select! {
+            // Progress first: the bus delivers a run's last ProgressChanged before its
+            // SyncFinished, but two streams ready at once would otherwise be taken in any order.
+            biased;
+            Some(signal) = progress.next() => {
+                let Ok(args) = signal.args() else { continue };
+                if args.account != account {
+                    continue;
+                }
+                started |= args.progress.get("state").and_then(|v| v.downcast_ref::<&str>().ok()) == Some("syncing");
+                if quiet {
+                    continue;
+                }
+                let line = human_line(account, &record_to_json(&args.progress));
+                if line != last_line {
+                    eprintln!("{line}");
+                    last_line = line;
+                }
+            }
             Some(signal) = finished.next() => {
                 let Ok(args) = signal.args() else { continue };
                 if args.account != account || !started {
@@ -168,21 +186,6 @@ pub async fn sync(account: &str, no_wait: bool, quiet: bool) -> Result<()> {
             Some(new_owner) = owner.next() => {
                 if new_owner.is_none() {
                     return Err(CliError { code: EXIT_NO_SERVICE, message: "the service stopped during the sync".into() });
-                }
-            }
-            Some(signal) = progress.next() => {
-                let Ok(args) = signal.args() else { continue };
-                if args.account != account {
-                    continue;
-                }
-                started |= args.progress.get("state").and_then(|v| v.downcast_ref::<&str>().ok()) == Some("syncing");
-                if quiet {
-                    continue;
-                }
-                let line = human_line(account, &record_to_json(&args.progress));
-                if line != last_line {
-                    eprintln!("{line}");
-                    last_line = line;
                 }
             }
             else => return Err(CliError { code: EXIT_NO_SERVICE, message: "the service went away".into() }),
@@ -242,6 +245,9 @@ pub async fn watch(as_json: bool) -> Result<()> {
     }
     loop {
         tokio::select! {
+            // Progress first: the bus delivers a run's last ProgressChanged before its
+            // SyncFinished, but two streams ready at once would otherwise be taken in any order.
+            biased;
             Some(signal) = progress.next() => {
                 let Ok(args) = signal.args() else { continue };
                 let record = record_to_json(&args.progress);

@@ -407,6 +407,7 @@ impl<L: Locks> Core<L> {
                                 Decision::Pending => {}
                             }
                         }
+                        mbsync.set_paced(publish_at.is_some());
                     }
                     Output::Exited(exit) => {
                         parser.finish(&mut events);
@@ -416,6 +417,7 @@ impl<L: Locks> Core<L> {
                 },
                 () = sleep_until(publish_at.unwrap_or_else(Instant::now)), if publish_at.is_some() => {
                     publish_at = None;
+                    mbsync.set_paced(false);
                     throttle.fired(Instant::now().into_std());
                     self.publish(&account);
                 }
@@ -427,6 +429,7 @@ impl<L: Locks> Core<L> {
                     self.with_slot(&account, |slot| slot.progress.stopping(now_us()));
                     throttle.sent(Instant::now().into_std());
                     publish_at = None;
+                    mbsync.set_paced(false);
                     self.publish(&account);
                 }
                 () = sleep_until(kill_at.unwrap_or_else(Instant::now)), if kill_at.is_some() => {

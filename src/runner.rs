@@ -10,17 +10,32 @@
 //!    main thread and lives as long as the process.
 //! 5. argv is a vector: no shell, no string-built command line.
 
-use std::{io, os::fd::AsFd, os::unix::process::ExitStatusExt, path::Path, process::Stdio};
+use std::{
+    io,
+    os::{
+        fd::{AsFd, OwnedFd},
+        unix::process::ExitStatusExt,
+    },
+    path::Path,
+    process::Stdio,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use nix::{
+    errno::Errno,
     fcntl::{FcntlArg, FdFlag, OFlag, fcntl},
+    poll::{PollFd, PollFlags, PollTimeout, poll},
     sys::signal::{Signal, killpg},
     unistd::Pid,
 };
 use tokio::{
     io::AsyncReadExt,
-    net::unix::pipe,
-    process::{Child, ChildStderr, Command},
+    process::{ChildStderr, Command},
+    sync::{mpsc, oneshot},
 };
 
 /// Width given to mbsync's progress line: wide enough that no counter is ever cut.
@@ -35,13 +50,18 @@ const REASON_LIMIT: usize = 600;
 /// A running mbsync.
 #[derive(Debug)]
 pub struct Mbsync {
-    child: Child,
+    /// The exit status, from a task that owns the child and waits for it. Polling a fresh
+    /// `Child::wait` on every read would cost a `waitpid` per progress record.
+    exit: oneshot::Receiver<io::Result<std::process::ExitStatus>>,
     pid: u32,
-    /// The pty master. tokio's pipe reader polls any pollable fd, a pty master included.
-    pty: Option<pipe::Receiver>,
+    /// Chunks read from the pty master by its reader thread; `None` once it closed.
+    pty: Option<mpsc::UnboundedReceiver<Vec<u8>>>,
+    /// Asks the reader thread to pause between small reads (see [`Mbsync::set_paced`]).
+    paced: Arc<AtomicBool>,
+    /// Tells the reader thread to stop (the run is over).
+    stop: Arc<AtomicBool>,
     stderr: Option<ChildStderr>,
     stderr_buf: Vec<u8>,
-    read_buf: Box<[u8]>,
     err_buf: Box<[u8]>,
     /// Set once mbsync has exited: its streams are drained until EOF or this deadline, whichever
     /// comes first (a helper it started may hold the pty or stderr open for good).
@@ -130,14 +150,22 @@ impl Mbsync {
         let pid = child.id().ok_or_else(|| io::Error::other("mbsync exited at once"))?;
         fcntl(pty.master.as_fd(), FcntlArg::F_SETFL(OFlag::O_NONBLOCK)).map_err(io::Error::from)?;
         let stderr = child.stderr.take();
-        let pty = pipe::Receiver::from_owned_fd_unchecked(pty.master)?;
+        let paced = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let pty = spawn_pty_reader(pty.master, Arc::clone(&paced), Arc::clone(&stop))?;
+        let (tx, exit) = oneshot::channel();
+        tokio::spawn(async move {
+            // The receiver only goes away with the run; then nobody needs the status.
+            let _ = tx.send(child.wait().await);
+        });
         Ok(Self {
-            child,
+            exit,
             pid,
             pty: Some(pty),
+            paced,
+            stop,
             stderr,
             stderr_buf: Vec::new(),
-            read_buf: vec![0; 16 * 1024].into_boxed_slice(),
             err_buf: vec![0; 4096].into_boxed_slice(),
             status: None,
             drain_until: None,
@@ -159,6 +187,14 @@ impl Mbsync {
         }
     }
 
+    /// Pace the pty reader: while on, it pauses briefly after a small read, so a burst of
+    /// progress records is read in a few large chunks instead of one wakeup per record. The
+    /// caller turns it on only while it would not publish the records at once anyway (a
+    /// throttled publish is pending), so isolated changes keep their latency.
+    pub fn set_paced(&self, on: bool) {
+        self.paced.store(on, Ordering::Relaxed);
+    }
+
     /// The next piece of output, or the end of the run. Cancel-safe.
     pub async fn next(&mut self) -> Output {
         loop {
@@ -170,10 +206,10 @@ impl Mbsync {
             let drain_until = self.drain_until;
             tokio::select! {
                 biased;
-                read = read_stream(self.pty.as_mut(), &mut self.read_buf), if pty_open => match read {
-                    Ok(n) if n > 0 => return Output::Stdout(self.read_buf[..n].to_vec()),
-                    // EOF, or EIO: every holder of the slave end closed it.
-                    Ok(_) | Err(_) => self.pty = None,
+                chunk = recv_chunk(self.pty.as_mut()), if pty_open => match chunk {
+                    Some(bytes) => return Output::Stdout(bytes),
+                    // The reader saw EOF or EIO: every holder of the slave end closed it.
+                    None => self.pty = None,
                 },
                 read = read_stream(self.stderr.as_mut(), &mut self.err_buf), if stderr_open => match read {
                     Ok(n) if n > 0 => {
@@ -183,7 +219,8 @@ impl Mbsync {
                     }
                     Ok(_) | Err(_) => self.stderr = None,
                 },
-                status = self.child.wait(), if running => {
+                status = &mut self.exit, if running => {
+                    let status = status.map_err(io::Error::other).and_then(|s| s);
                     self.status = Some(status.unwrap_or_else(|_| std::process::ExitStatus::from_raw(1 << 8)));
                     self.drain_until = Some(tokio::time::Instant::now() + DRAIN);
                 }
@@ -208,13 +245,68 @@ impl Mbsync {
         let stderr = String::from_utf8_lossy(&self.stderr_buf).into_owned();
         let status = match self.status {
             Some(status) => Ok(status),
-            None => self.child.wait().await,
+            None => (&mut self.exit).await.map_err(io::Error::other).and_then(|s| s),
         };
         match status {
             Ok(status) => Exit { code: status.code(), signal: status.signal(), stderr },
             Err(err) => Exit { code: None, signal: None, stderr: format!("{stderr}{err}") },
         }
     }
+}
+
+async fn recv_chunk(rx: Option<&mut mpsc::UnboundedReceiver<Vec<u8>>>) -> Option<Vec<u8>> {
+    rx?.recv().await
+}
+
+impl Drop for Mbsync {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// How long the paced reader pauses after a small read.
+const PACE: Duration = Duration::from_millis(5);
+/// A read at least this large means the pty buffer (about 15 KB) is filling: no pause then, or
+/// mbsync would block on its own progress output.
+const PACE_MAX_READ: usize = 2048;
+/// How often a reader whose pty stays open after the run checks whether it should stop.
+const STOP_CHECK_MS: u16 = 250;
+
+/// Read the pty master on a thread of its own. A thread, not the async runtime: the runtime's
+/// edge-triggered epoll would wake for every record mbsync writes (two per message) even while
+/// the run task pauses; a sleeping thread is not woken by writes.
+fn spawn_pty_reader(
+    master: OwnedFd,
+    paced: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+) -> io::Result<mpsc::UnboundedReceiver<Vec<u8>>> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    std::thread::Builder::new().name("mbsync-pty".into()).spawn(move || {
+        let mut buf = vec![0u8; 64 * 1024];
+        while !stop.load(Ordering::Relaxed) {
+            let mut fds = [PollFd::new(master.as_fd(), PollFlags::POLLIN)];
+            match poll(&mut fds, PollTimeout::from(STOP_CHECK_MS)) {
+                Ok(0) | Err(Errno::EINTR) => continue,
+                Ok(_) => {}
+                Err(_) => break,
+            }
+            match nix::unistd::read(master.as_fd(), &mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    if tx.send(buf[..n].to_vec()).is_err() {
+                        break;
+                    }
+                    if n < PACE_MAX_READ && paced.load(Ordering::Relaxed) {
+                        std::thread::sleep(PACE);
+                    }
+                }
+                Err(Errno::EINTR | Errno::EAGAIN) => {}
+                // EIO: every holder of the slave end closed it.
+                Err(_) => break,
+            }
+        }
+    })?;
+    Ok(rx)
 }
 
 async fn read_stream<R: tokio::io::AsyncRead + Unpin>(
