@@ -290,3 +290,70 @@ async fn cli_status_watch_and_sync() {
     })
     .await;
 }
+
+/// A helper mbsync starts (here a PassCmd) that outlives mbsync and keeps its stderr open must
+/// not keep the run alive: the run ends when mbsync does (plus a short drain).
+#[tokio::test]
+async fn a_helper_holding_mbsyncs_output_does_not_hold_the_run() {
+    with_timeout(async {
+        let tb = Testbed::new(&[("bob", "INBOX", 20)]);
+        let rc = std::fs::read_to_string(tb.mbsyncrc()).unwrap();
+        // A distinctive sleep, so the test can find and end it afterwards.
+        let patched =
+            rc.replace("User bob\nPass \"bobpw\"\n", "User bob\nPassCmd \"sleep 27.5 >&2 & echo bobpw\"\n");
+        assert_ne!(rc, patched, "the test bed's mbsyncrc changed shape:\n{rc}");
+        std::fs::write(tb.mbsyncrc(), patched).unwrap();
+        let bus = PrivateBus::start(None);
+        let daemon = Daemon::start(bus.address(), &tb.env(), &tb.dir.path().join("daemon.log")).await;
+        let conn = connect(bus.address()).await;
+        let svc = service(&conn).await;
+        let mut finished = svc.receive_sync_finished().await.unwrap();
+        let started = std::time::Instant::now();
+        svc.sync("bob").await.unwrap();
+        let end = tokio::time::timeout(Duration::from_secs(10), finished.next())
+            .await
+            .unwrap_or_else(|_| panic!("the run waited for the helper; log:\n{}", daemon.log()))
+            .unwrap();
+        assert!(end.args().unwrap().ok, "{}", end.args().unwrap().message);
+        println!("run ended {:?} after Sync", started.elapsed());
+        tb.assert_in_sync("bob");
+        // The account is free again at once.
+        svc.sync("bob").await.unwrap();
+        assert!(finished.next().await.unwrap().args().unwrap().ok);
+        let _ = std::process::Command::new("pkill").args(["-f", "sleep 27.5"]).status();
+    })
+    .await;
+}
+
+/// A corrupt config.toml and a corrupt state file are reported, never fatal; the corrupt state
+/// is kept aside for the user.
+#[tokio::test]
+async fn corrupt_config_and_state_files_are_not_fatal() {
+    with_timeout(async {
+        let tb = Testbed::new(&[("bob", "INBOX", 5)]);
+        let config_dir = tb.home().join(".config/himalaya-sync");
+        let state_dir = tb.home().join(".local/state/himalaya-sync");
+        std::fs::create_dir_all(&config_dir).unwrap();
+        std::fs::create_dir_all(&state_dir).unwrap();
+        std::fs::write(config_dir.join("config.toml"), "stall_timeout = \"soon\"\n[[[").unwrap();
+        std::fs::write(state_dir.join("state.json"), "{\"accounts\": {\"bob\": ").unwrap();
+        let bus = PrivateBus::start(None);
+        let daemon = Daemon::start(bus.address(), &tb.env(), &tb.dir.path().join("daemon.log")).await;
+        let conn = connect(bus.address()).await;
+        let svc = service(&conn).await;
+        let mut finished = svc.receive_sync_finished().await.unwrap();
+        svc.sync("bob").await.unwrap();
+        assert!(finished.next().await.unwrap().args().unwrap().ok);
+        let log = daemon.log();
+        assert!(log.contains("config.toml") && log.contains("using the defaults"), "{log}");
+        assert!(log.contains("state file is corrupt"), "{log}");
+        let names: Vec<String> = std::fs::read_dir(&state_dir)
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .collect();
+        assert!(names.iter().any(|n| n.contains("corrupt")), "{names:?}");
+        let state = std::fs::read_to_string(state_dir.join("state.json")).unwrap();
+        assert!(state.contains("\"ok\""), "a fresh state was written: {state}");
+    })
+    .await;
+}
