@@ -291,7 +291,7 @@ async fn cli_status_watch_and_sync() {
     .await;
 }
 
-/// A helper mbsync starts (here a PassCmd) that outlives mbsync and keeps its stderr open must
+/// A helper mbsync starts (here a `PassCmd`) that outlives mbsync and keeps its stderr open must
 /// not keep the run alive: the run ends when mbsync does (plus a short drain).
 #[tokio::test]
 async fn a_helper_holding_mbsyncs_output_does_not_hold_the_run() {
