@@ -55,7 +55,10 @@ pub struct Mbsync {
     exit: oneshot::Receiver<io::Result<std::process::ExitStatus>>,
     pid: u32,
     /// Chunks read from the pty master by its reader thread; `None` once it closed.
-    pty: Option<mpsc::UnboundedReceiver<Vec<u8>>>,
+    pty: Option<mpsc::Receiver<Vec<u8>>>,
+    /// Set by the wait task the moment mbsync is reaped: from then on its PID may be reused, so
+    /// no signal may be sent to it.
+    reaped: Arc<AtomicBool>,
     /// Asks the reader thread to pause between small reads (see [`Mbsync::set_paced`]).
     paced: Arc<AtomicBool>,
     /// Tells the reader thread to stop (the run is over).
@@ -109,7 +112,7 @@ impl Exit {
         if !errors.is_empty() {
             let reason = errors.join("; ");
             // Keep the end: mbsync's last error is the one that ended it.
-            return match reason.char_indices().rev().nth(REASON_LIMIT) {
+            return match reason.char_indices().rev().nth(REASON_LIMIT - 1) {
                 Some((cut, _)) => format!("...{}", &reason[cut..]),
                 None => reason,
             };
@@ -154,14 +157,20 @@ impl Mbsync {
         let stop = Arc::new(AtomicBool::new(false));
         let pty = spawn_pty_reader(pty.master, Arc::clone(&paced), Arc::clone(&stop))?;
         let (tx, exit) = oneshot::channel();
+        let reaped = Arc::new(AtomicBool::new(false));
+        let reaped_flag = Arc::clone(&reaped);
         tokio::spawn(async move {
+            let status = child.wait().await;
+            // Set before anything else runs on this (single) runtime thread.
+            reaped_flag.store(true, Ordering::Relaxed);
             // The receiver only goes away with the run; then nobody needs the status.
-            let _ = tx.send(child.wait().await);
+            let _ = tx.send(status);
         });
         Ok(Self {
             exit,
             pid,
             pty: Some(pty),
+            reaped,
             paced,
             stop,
             stderr,
@@ -178,9 +187,12 @@ impl Mbsync {
         self.pid
     }
 
-    /// Send `signal` to mbsync's whole process group. Safe against PID reuse: the child is ours
-    /// and not reaped until [`Mbsync::next`] returns [`Output::Exited`].
+    /// Send `signal` to mbsync's whole process group. Safe against PID reuse: nothing is sent
+    /// once the child has been reaped.
     pub fn signal(&self, signal: Signal) {
+        if self.reaped.load(Ordering::Relaxed) {
+            return;
+        }
         let pgid = Pid::from_raw(self.pid.cast_signed());
         if let Err(err) = killpg(pgid, signal) {
             tracing::debug!(pid = self.pid, %signal, %err, "killpg failed (already gone?)");
@@ -198,6 +210,12 @@ impl Mbsync {
     /// The next piece of output, or the end of the run. Cancel-safe.
     pub async fn next(&mut self) -> Output {
         loop {
+            // Checked here, not only as a select branch: a helper that keeps writing would keep
+            // the earlier branches ready and starve the deadline.
+            if self.drain_until.is_some_and(|d| tokio::time::Instant::now() >= d) {
+                self.pty = None;
+                self.stderr = None;
+            }
             if self.pty.is_none() && self.stderr.is_none() {
                 return Output::Exited(self.reap().await);
             }
@@ -254,13 +272,15 @@ impl Mbsync {
     }
 }
 
-async fn recv_chunk(rx: Option<&mut mpsc::UnboundedReceiver<Vec<u8>>>) -> Option<Vec<u8>> {
+async fn recv_chunk(rx: Option<&mut mpsc::Receiver<Vec<u8>>>) -> Option<Vec<u8>> {
     rx?.recv().await
 }
 
 impl Drop for Mbsync {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+        // Dropped before its end (a panic in the run task): no mbsync without a supervisor.
+        self.signal(Signal::SIGKILL);
     }
 }
 
@@ -279,8 +299,10 @@ fn spawn_pty_reader(
     master: OwnedFd,
     paced: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
-) -> io::Result<mpsc::UnboundedReceiver<Vec<u8>>> {
-    let (tx, rx) = mpsc::unbounded_channel();
+) -> io::Result<mpsc::Receiver<Vec<u8>>> {
+    // Bounded: if the runtime stalls, the reader (and so mbsync) waits instead of queuing
+    // output without limit.
+    let (tx, rx) = mpsc::channel(256);
     std::thread::Builder::new().name("mbsync-pty".into()).spawn(move || {
         let mut buf = vec![0u8; 64 * 1024];
         while !stop.load(Ordering::Relaxed) {
@@ -288,12 +310,16 @@ fn spawn_pty_reader(
             match poll(&mut fds, PollTimeout::from(STOP_CHECK_MS)) {
                 Ok(0) | Err(Errno::EINTR) => continue,
                 Ok(_) => {}
-                Err(_) => break,
+                Err(err) => {
+                    tracing::warn!(%err, "cannot poll mbsync's pty; its progress is lost");
+                    break;
+                }
             }
             match nix::unistd::read(master.as_fd(), &mut buf) {
-                Ok(0) => break,
+                // EOF, or EIO: every holder of the slave end closed it.
+                Ok(0) | Err(Errno::EIO) => break,
                 Ok(n) => {
-                    if tx.send(buf[..n].to_vec()).is_err() {
+                    if tx.blocking_send(buf[..n].to_vec()).is_err() {
                         break;
                     }
                     if n < PACE_MAX_READ && paced.load(Ordering::Relaxed) {
@@ -301,8 +327,10 @@ fn spawn_pty_reader(
                     }
                 }
                 Err(Errno::EINTR | Errno::EAGAIN) => {}
-                // EIO: every holder of the slave end closed it.
-                Err(_) => break,
+                Err(err) => {
+                    tracing::warn!(%err, "cannot read mbsync's pty; its progress is lost");
+                    break;
+                }
             }
         }
     })?;
