@@ -21,7 +21,7 @@ use himalaya_sync::runner::{Mbsync, Output};
 use support::{
     Testbed,
     bus::PrivateBus,
-    daemon::{Daemon, connect, get, service},
+    daemon::{Daemon, connect, get, service, write_service_config},
 };
 
 const SPEC: &[(&str, &str, usize)] =
@@ -178,11 +178,8 @@ async fn run(tb: Testbed) {
 
     // 3: latency, with this binary replaying isolated records as the daemon's mbsync.
     let log = tb.dir.path().join("replay.log");
-    let config_dir = tb.home().join(".config/himalaya-sync");
-    std::fs::create_dir_all(&config_dir).unwrap();
     let exe = std::env::current_exe().unwrap();
-    std::fs::write(config_dir.join("config.toml"), format!("mbsync = {:?}\n", exe.display().to_string()))
-        .unwrap();
+    write_service_config(&tb, &format!("mbsync = {:?}\n", exe.display().to_string()));
     let mut env = tb.env();
     env.push((REPLAY_ENV.to_owned(), log.display().to_string()));
     let daemon = Daemon::start(bus.address(), &env, &tb.dir.path().join("daemon-replay.log")).await;

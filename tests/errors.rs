@@ -2,20 +2,13 @@
 
 mod support;
 
-use std::time::Duration;
-
 use futures_util::StreamExt;
 use support::{
     Testbed,
-    bus::PrivateBus,
-    daemon::{Daemon, connect, error_name, get, mbsync_pids_for, service},
+    daemon::{World, error_name, get, mbsync_pids_for, with_timeout, write_service_config},
 };
 
 const SPEC: &[(&str, &str, usize)] = &[("alice", "INBOX", 300), ("bob", "INBOX", 20)];
-
-async fn with_timeout<F: std::future::Future>(f: F) -> F::Output {
-    tokio::time::timeout(Duration::from_secs(120), f).await.expect("the test timed out")
-}
 
 const HOSTILE: &[&str] = &[
     "",
@@ -36,11 +29,7 @@ const HOSTILE: &[&str] = &[
 #[tokio::test]
 async fn hostile_account_names_get_typed_errors_on_every_method() {
     with_timeout(async {
-        let tb = Testbed::new(SPEC);
-        let bus = PrivateBus::start(None);
-        let daemon = Daemon::start(bus.address(), &tb.env(), &tb.dir.path().join("daemon.log")).await;
-        let conn = connect(bus.address()).await;
-        let svc = service(&conn).await;
+        let World { svc, conn: _conn, daemon, bus: _bus, tb } = World::start(SPEC).await;
         let long = "x".repeat(300);
         let names: Vec<&str> = HOSTILE.iter().copied().chain([long.as_str()]).collect();
         let allowed = ["org.himalaya.Sync.Error.UnknownAccount", "org.himalaya.Sync.Error.InvalidAccount"];
@@ -81,10 +70,7 @@ async fn wrong_password_fails_with_mbsyncs_reason() {
     with_timeout(async {
         let tb = Testbed::new(SPEC);
         tb.set_password("bob", "wrong");
-        let bus = PrivateBus::start(None);
-        let daemon = Daemon::start(bus.address(), &tb.env(), &tb.dir.path().join("daemon.log")).await;
-        let conn = connect(bus.address()).await;
-        let svc = service(&conn).await;
+        let World { svc, conn: _conn, daemon, bus, tb } = World::around(tb).await;
         let mut finished = svc.receive_sync_finished().await.unwrap();
         svc.sync("bob").await.unwrap();
         let s = finished.next().await.unwrap();
@@ -113,10 +99,7 @@ async fn server_gone_mid_sync_is_a_failed_state_with_reason() {
     with_timeout(async {
         let tb = Testbed::new(&[("alice", "INBOX", 2000)]);
         tb.proxy.set_rate(Some(100_000));
-        let bus = PrivateBus::start(None);
-        let daemon = Daemon::start(bus.address(), &tb.env(), &tb.dir.path().join("daemon.log")).await;
-        let conn = connect(bus.address()).await;
-        let svc = service(&conn).await;
+        let World { svc, conn: _conn, daemon, bus: _bus, tb } = World::around(tb).await;
         let mut finished = svc.receive_sync_finished().await.unwrap();
         let mut progress = svc.receive_progress_changed().await.unwrap();
         svc.sync("alice").await.unwrap();
@@ -154,10 +137,7 @@ async fn corrupt_mbsyncrc_is_a_config_error_and_recovers() {
     with_timeout(async {
         let tb = Testbed::new(SPEC);
         let good = std::fs::read_to_string(tb.mbsyncrc()).unwrap();
-        let bus = PrivateBus::start(None);
-        let daemon = Daemon::start(bus.address(), &tb.env(), &tb.dir.path().join("daemon.log")).await;
-        let conn = connect(bus.address()).await;
-        let svc = service(&conn).await;
+        let World { svc, conn: _conn, daemon, bus: _bus, tb } = World::around(tb).await;
         std::fs::write(tb.mbsyncrc(), format!("{good}\nChannel\nFar :alice-remote:\n")).unwrap();
         assert_eq!(error_name(svc.list_accounts().await), "org.himalaya.Sync.Error.ConfigError");
         assert_eq!(error_name(svc.sync("alice").await), "org.himalaya.Sync.Error.ConfigError");
@@ -176,13 +156,8 @@ async fn corrupt_mbsyncrc_is_a_config_error_and_recovers() {
 async fn missing_mbsync_is_mbsync_missing() {
     with_timeout(async {
         let tb = Testbed::new(&[("bob", "INBOX", 5)]);
-        let config_dir = tb.home().join(".config/himalaya-sync");
-        std::fs::create_dir_all(&config_dir).unwrap();
-        std::fs::write(config_dir.join("config.toml"), "mbsync = \"/nonexistent/bin/mbsync\"\n").unwrap();
-        let bus = PrivateBus::start(None);
-        let daemon = Daemon::start(bus.address(), &tb.env(), &tb.dir.path().join("daemon.log")).await;
-        let conn = connect(bus.address()).await;
-        let svc = service(&conn).await;
+        write_service_config(&tb, "mbsync = \"/nonexistent/bin/mbsync\"\n");
+        let World { svc, conn, daemon, bus: _bus, tb: _tb } = World::around(tb).await;
         let err = svc.sync("bob").await.unwrap_err();
         assert_eq!(zbus::DBusError::name(&err).to_string(), "org.himalaya.Sync.Error.MbsyncMissing");
         assert!(zbus::DBusError::description(&err).unwrap_or_default().contains("install isync"));

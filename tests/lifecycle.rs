@@ -9,16 +9,15 @@ use futures_util::StreamExt;
 use support::{
     Testbed,
     bus::PrivateBus,
-    daemon::{BIN, Daemon, connect, get, mbsync_pids_for, service, wait_until},
+    daemon::{
+        BIN, Daemon, World, connect, get, mbsync_pids_for, service, wait_until, with_timeout,
+        write_service_config,
+    },
 };
 use zbus::{fdo::DBusProxy, names::BusName};
 
 const SPEC: &[(&str, &str, usize)] =
     &[("alice", "INBOX", 2000), ("alice", "Archive", 500), ("bob", "INBOX", 20)];
-
-async fn with_timeout<F: std::future::Future>(f: F) -> F::Output {
-    tokio::time::timeout(Duration::from_secs(120), f).await.expect("the test timed out")
-}
 
 async fn lock_is_free(conn: &zbus::Connection, channel: &str) -> bool {
     let dbus = DBusProxy::new(conn).await.unwrap();
@@ -206,11 +205,8 @@ fn wakeups(pid: u32) -> u64 {
 #[tokio::test]
 async fn idle_daemon_does_not_wake() {
     with_timeout(async {
-        let tb = Testbed::new(&[("bob", "INBOX", 20)]);
-        let bus = PrivateBus::start(None);
-        let daemon = Daemon::start(bus.address(), &tb.env(), &tb.dir.path().join("daemon.log")).await;
-        let conn = connect(bus.address()).await;
-        let svc = service(&conn).await;
+        let World { svc, conn: _conn, daemon, bus: _bus, tb: _tb } =
+            World::start(&[("bob", "INBOX", 20)]).await;
         let mut finished = svc.receive_sync_finished().await.unwrap();
         svc.sync("bob").await.unwrap();
         assert!(finished.next().await.unwrap().args().unwrap().ok);
@@ -303,10 +299,7 @@ async fn a_helper_holding_mbsyncs_output_does_not_hold_the_run() {
             rc.replace("User bob\nPass \"bobpw\"\n", "User bob\nPassCmd \"sleep 27.5 >&2 & echo bobpw\"\n");
         assert_ne!(rc, patched, "the test bed's mbsyncrc changed shape:\n{rc}");
         std::fs::write(tb.mbsyncrc(), patched).unwrap();
-        let bus = PrivateBus::start(None);
-        let daemon = Daemon::start(bus.address(), &tb.env(), &tb.dir.path().join("daemon.log")).await;
-        let conn = connect(bus.address()).await;
-        let svc = service(&conn).await;
+        let World { svc, conn: _conn, daemon, bus: _bus, tb } = World::around(tb).await;
         let mut finished = svc.receive_sync_finished().await.unwrap();
         let started = std::time::Instant::now();
         svc.sync("bob").await.unwrap();
@@ -331,16 +324,11 @@ async fn a_helper_holding_mbsyncs_output_does_not_hold_the_run() {
 async fn corrupt_config_and_state_files_are_not_fatal() {
     with_timeout(async {
         let tb = Testbed::new(&[("bob", "INBOX", 5)]);
-        let config_dir = tb.home().join(".config/himalaya-sync");
         let state_dir = tb.home().join(".local/state/himalaya-sync");
-        std::fs::create_dir_all(&config_dir).unwrap();
         std::fs::create_dir_all(&state_dir).unwrap();
-        std::fs::write(config_dir.join("config.toml"), "stall_timeout = \"soon\"\n[[[").unwrap();
+        write_service_config(&tb, "stall_timeout = \"soon\"\n[[[");
         std::fs::write(state_dir.join("state.json"), "{\"accounts\": {\"bob\": ").unwrap();
-        let bus = PrivateBus::start(None);
-        let daemon = Daemon::start(bus.address(), &tb.env(), &tb.dir.path().join("daemon.log")).await;
-        let conn = connect(bus.address()).await;
-        let svc = service(&conn).await;
+        let World { svc, conn: _conn, daemon, bus: _bus, tb: _tb } = World::around(tb).await;
         let mut finished = svc.receive_sync_finished().await.unwrap();
         svc.sync("bob").await.unwrap();
         assert!(finished.next().await.unwrap().args().unwrap().ok);

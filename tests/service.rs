@@ -6,50 +6,27 @@ mod support;
 use std::{collections::HashMap, time::Duration};
 
 use futures_util::StreamExt;
-use support::{
-    Testbed,
-    bus::PrivateBus,
-    daemon::{Daemon, connect, error_name, get, mbsync_pids_for, service, wait_until},
-};
+use support::daemon::{World, connect, error_name, get, mbsync_pids_for, service, wait_until, with_timeout};
 use zbus::OwnedVariant;
 
 type Dict = HashMap<String, OwnedVariant>;
 
-const TIMEOUT: Duration = Duration::from_secs(120);
 /// alice: 2,000 + 500 + 50 messages; bob: 20.
 const SPEC: &[(&str, &str, usize)] =
     &[("alice", "INBOX", 2000), ("alice", "Archive", 500), ("alice", "Sent", 50), ("bob", "INBOX", 20)];
 
-struct World {
-    tb: Testbed,
-    bus: PrivateBus,
-    daemon: Daemon,
-}
-
-async fn world(spec: &[(&str, &str, usize)]) -> World {
-    let tb = Testbed::new(spec);
-    let bus = PrivateBus::start(None);
-    let daemon = Daemon::start(bus.address(), &tb.env(), &tb.dir.path().join("daemon.log")).await;
-    World { tb, bus, daemon }
-}
-
 fn state(d: &Dict) -> String {
     get::<String>(d, "state").unwrap_or_default()
-}
-
-async fn with_timeout<F: std::future::Future>(f: F) -> F::Output {
-    tokio::time::timeout(TIMEOUT, f).await.expect("the test timed out")
 }
 
 /// Scenario 1: a 2,550-message sync reports growing progress up to the total and ends exact.
 #[tokio::test]
 async fn full_sync_reports_growing_progress_and_ends_exact() {
     with_timeout(async {
-        let w = world(SPEC).await;
+        let w = World::start(SPEC).await;
         // About 1.4 MB through the proxy at 400 KB/s: a few seconds, long enough to watch.
         w.tb.proxy.set_rate(Some(400_000));
-        let conn = connect(w.bus.address()).await;
-        let svc = service(&conn).await;
+        let svc = &w.svc;
         let mut progress = svc.receive_progress_changed().await.unwrap();
         let mut finished = svc.receive_sync_finished().await.unwrap();
         svc.sync("alice").await.unwrap();
@@ -114,10 +91,9 @@ async fn full_sync_reports_growing_progress_and_ends_exact() {
 #[tokio::test]
 async fn second_sync_is_refused_and_cancel_stops_safely() {
     with_timeout(async {
-        let w = world(SPEC).await;
+        let w = World::start(SPEC).await;
         w.tb.proxy.set_rate(Some(100_000));
-        let conn = connect(w.bus.address()).await;
-        let svc = service(&conn).await;
+        let svc = &w.svc;
         let mut finished = svc.receive_sync_finished().await.unwrap();
         svc.sync("alice").await.unwrap();
         assert_eq!(error_name(svc.sync("alice").await), "org.himalaya.Sync.Error.AlreadySyncing");
@@ -158,7 +134,7 @@ async fn second_sync_is_refused_and_cancel_stops_safely() {
 #[tokio::test]
 async fn two_clients_see_the_same_final_state() {
     with_timeout(async {
-        let w = world(SPEC).await;
+        let w = World::start(SPEC).await;
         w.tb.proxy.set_rate(Some(400_000));
         let (c1, c2) = (connect(w.bus.address()).await, connect(w.bus.address()).await);
         let (s1, s2) = (service(&c1).await, service(&c2).await);
@@ -202,15 +178,14 @@ async fn two_clients_see_the_same_final_state() {
 #[tokio::test]
 async fn a_lock_held_elsewhere_is_locked_elsewhere_with_the_pid() {
     with_timeout(async {
-        let w = world(&[("alice", "INBOX", 20), ("bob", "INBOX", 20)]).await;
+        let w = World::start(&[("alice", "INBOX", 20), ("bob", "INBOX", 20)]).await;
         let holder = connect(w.bus.address()).await;
         let flags =
             zbus::fdo::RequestNameFlags::DO_NOT_QUEUE | zbus::fdo::RequestNameFlags::ALLOW_REPLACEMENT;
         let reply = holder.request_name_with_flags("org.himalaya.Sync.Lock.bob", flags).await.unwrap();
         assert_eq!(reply, zbus::fdo::RequestNameReply::PrimaryOwner);
-        let conn = connect(w.bus.address()).await;
-        let svc = service(&conn).await;
-        let dbus = zbus::fdo::DBusProxy::new(&conn).await.unwrap();
+        let svc = &w.svc;
+        let dbus = zbus::fdo::DBusProxy::new(&w.conn).await.unwrap();
         for account in ["bob", "everyone"] {
             let err = svc.sync(account).await.unwrap_err();
             assert_eq!(zbus::DBusError::name(&err).to_string(), "org.himalaya.Sync.Error.LockedElsewhere");

@@ -11,6 +11,49 @@ use std::{
 use himalaya_sync::bus::service::ServiceProxy;
 use zbus::{Connection, OwnedVariant, fdo::DBusProxy, names::BusName};
 
+use super::{Testbed, bus::PrivateBus};
+
+/// Every end-to-end test's bound: none may hang CI.
+pub const TEST_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Run a test body with [`TEST_TIMEOUT`].
+pub async fn with_timeout<F: std::future::Future>(f: F) -> F::Output {
+    tokio::time::timeout(TEST_TIMEOUT, f).await.expect("the test timed out")
+}
+
+/// One test's world: the test bed, a private bus, the daemon on it, a client connection and
+/// the service proxy. Fields drop in order: client first, test bed last.
+pub struct World {
+    pub svc: ServiceProxy<'static>,
+    pub conn: Connection,
+    pub daemon: Daemon,
+    pub bus: PrivateBus,
+    pub tb: Testbed,
+}
+
+impl World {
+    /// A test bed with `spec`, and the daemon serving it.
+    pub async fn start(spec: &[(&str, &str, usize)]) -> World {
+        Self::around(Testbed::new(spec)).await
+    }
+
+    /// The daemon around a test bed the test prepared (edited configs, ...).
+    pub async fn around(tb: Testbed) -> World {
+        let bus = PrivateBus::start(None);
+        let daemon = Daemon::start(bus.address(), &tb.env(), &tb.dir.path().join("daemon.log")).await;
+        let conn = connect(bus.address()).await;
+        let svc = service(&conn).await;
+        World { svc, conn, daemon, bus, tb }
+    }
+}
+
+/// Write the service's config.toml into the test bed's XDG config dir.
+pub fn write_service_config(tb: &Testbed, toml: &str) {
+    let dir = tb.home().join(".config/himalaya-sync");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("config.toml"), toml).unwrap();
+}
+
 /// The binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_himalaya-sync");
 
