@@ -30,6 +30,7 @@ use tokio::{
 use crate::{
     config::{self, Config, Paths},
     error::{Error, Result},
+    foreign,
     mbsyncrc::{self, MbsyncConfig},
     names,
     parser::Parser,
@@ -277,12 +278,9 @@ impl<L: Locks> Core<L> {
                 reason: format!("mbsync was not started: the sync lock could not be taken: {reason}"),
             },
         })?;
-        if self.inner().shutting_down {
+        if let Err(err) = self.check_after_locking(account, channels) {
             self.shared.locks.release(channels).await;
-            return Err(Error::MbsyncFailed {
-                account: account.into(),
-                reason: "the service is shutting down; try again when it is back".into(),
-            });
+            return Err(err);
         }
         let args = vec![
             "-c".to_owned(),
@@ -324,6 +322,50 @@ impl<L: Locks> Core<L> {
             run.task = Some(task);
         }
         Ok(())
+    }
+
+    /// With the locks held, the last checks before mbsync starts: no shutdown under way, the
+    /// config still maps the account to the channels just locked (it may have been edited
+    /// meanwhile), and no bare mbsync (one that holds no lock name) syncs any of them.
+    fn check_after_locking(&self, account: &str, channels: &[String]) -> Result<()> {
+        let config = {
+            let mut inner = self.inner();
+            if inner.shutting_down {
+                return Err(Error::MbsyncFailed {
+                    account: account.into(),
+                    reason: "the service is shutting down; try again when it is back".into(),
+                });
+            }
+            self.reload(&mut inner);
+            let config = inner.mbsync.as_ref().map_err(|e| Error::ConfigError(e.clone()))?;
+            let mut now = config.channels_of(account).unwrap_or_default();
+            now.sort();
+            now.dedup();
+            if now != channels {
+                return Err(Error::ConfigError(format!(
+                    "the mbsync config changed while the sync of {account:?} was starting; try again"
+                )));
+            }
+            config.clone()
+        };
+        let uid = nix::unistd::getuid().as_raw();
+        let settings = &self.shared.settings;
+        let search = foreign::Search {
+            channels,
+            config: &config,
+            config_path: &settings.mbsync_config,
+            default_config_path: &settings.paths.mbsync_config(None),
+            uid,
+            own_pid: std::process::id(),
+        };
+        match foreign::find(&search) {
+            Some(found) => Err(Error::LockedElsewhere {
+                account: account.into(),
+                channel: found.channel,
+                holder: format!("a bare mbsync, PID {}: {}", found.pid, found.command.join(" ")),
+            }),
+            None => Ok(()),
+        }
     }
 
     /// Stop the service's own sync of `account` safely (SIGTERM, then SIGKILL after the grace

@@ -23,7 +23,7 @@ pub enum Error {
 
     #[error(
         "channel {channel:?} of account {account:?} is being synced by another program ({holder}); \
-         wait for it, or take the sync over"
+         wait for it to finish, or stop it"
     )]
     LockedElsewhere { account: String, channel: String, holder: String },
 

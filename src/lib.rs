@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod core;
 pub mod error;
+pub mod foreign;
 pub mod mbsyncrc;
 pub mod names;
 pub mod parser;

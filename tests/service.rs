@@ -207,3 +207,35 @@ async fn a_lock_held_elsewhere_is_locked_elsewhere_with_the_pid() {
     })
     .await;
 }
+
+/// A bare mbsync (no lock name: cron, a shell) syncing a channel: Sync of any account that
+/// includes it is refused with its PID, other channels sync, and once it is gone all is free.
+#[tokio::test]
+async fn a_bare_mbsync_is_locked_elsewhere_with_its_pid() {
+    with_timeout(async {
+        let w = World::start(SPEC).await;
+        w.tb.proxy.set_rate(Some(100_000));
+        let bare = w.tb.spawn_mbsync(&["alice"]);
+        let pid = bare.pid();
+        for account in ["alice", "everyone"] {
+            let err = w.svc.sync(account).await.unwrap_err();
+            assert_eq!(zbus::DBusError::name(&err).to_string(), "org.himalaya.Sync.Error.LockedElsewhere");
+            let text = zbus::DBusError::description(&err).unwrap_or_default();
+            assert!(text.contains(&format!("bare mbsync, PID {pid}")), "{text}");
+        }
+        let dbus = zbus::fdo::DBusProxy::new(&w.conn).await.unwrap();
+        let alice = zbus::names::BusName::try_from("org.himalaya.Sync.Lock.alice").unwrap();
+        assert!(!dbus.name_has_owner(alice).await.unwrap(), "the refused sync gave its locks back");
+        let mut finished = w.svc.receive_sync_finished().await.unwrap();
+        w.svc.sync("bob").await.unwrap();
+        assert!(finished.next().await.unwrap().args().unwrap().ok);
+        // The bare run ends (here: it finishes at full speed); alice is free again.
+        w.tb.proxy.set_rate(None);
+        bare.wait(Duration::from_secs(60)).assert_code(0, "the bare mbsync");
+        w.svc.sync("alice").await.unwrap();
+        let end = finished.next().await.unwrap();
+        assert!(end.args().unwrap().ok, "{}", end.args().unwrap().message);
+        w.tb.assert_in_sync("alice");
+    })
+    .await;
+}
