@@ -239,3 +239,70 @@ async fn a_bare_mbsync_is_locked_elsewhere_with_its_pid() {
     })
     .await;
 }
+
+/// Each account is an object whose properties emit PropertiesChanged (GDBusProxy, Plasma
+/// bindings follow them), and the objects follow edits of the mbsync config.
+#[tokio::test]
+async fn account_objects_emit_properties_changed_and_follow_the_config() {
+    with_timeout(async {
+        let w = World::start(&[("bob", "INBOX", 20)]).await;
+        let props = zbus::fdo::PropertiesProxy::builder(&w.conn)
+            .destination("org.himalaya.Sync")
+            .path("/org/himalaya/Sync/account/bob")
+            .build()
+            .await
+            .unwrap();
+        let iface = zbus::names::InterfaceName::try_from("org.himalaya.Sync.Account").unwrap();
+        let state = props.get(iface.clone(), "State").await.unwrap();
+        assert_eq!(String::try_from(state).unwrap(), "idle");
+        let mut changes = props.receive_properties_changed().await.unwrap();
+        let mut finished = w.svc.receive_sync_finished().await.unwrap();
+        w.svc.sync("bob").await.unwrap();
+        assert!(finished.next().await.unwrap().args().unwrap().ok);
+        let mut states = Vec::new();
+        let mut saw_progress = false;
+        while let Ok(Some(signal)) = tokio::time::timeout(Duration::from_millis(500), changes.next()).await {
+            let args = signal.args().unwrap();
+            assert_eq!(args.interface_name().as_str(), "org.himalaya.Sync.Account");
+            if let Some(v) = args.changed_properties().get("State") {
+                states.push(String::try_from(v.try_clone().unwrap()).unwrap());
+            }
+            saw_progress |= args.changed_properties().contains_key("Progress");
+        }
+        assert_eq!(states, ["syncing", "idle"]);
+        assert!(saw_progress);
+
+        // A channel added to the mbsync config appears as an account and an object.
+        let mut accounts_changed = w.svc.inner().receive_property_changed::<Vec<String>>("Accounts").await;
+        let rc = std::fs::read_to_string(w.tb.mbsyncrc()).unwrap();
+        std::fs::write(
+            w.tb.mbsyncrc(),
+            format!("{rc}\nChannel bob-copy\nFar :bob-remote:\nNear :bob-local:\nPatterns INBOX\n"),
+        )
+        .unwrap();
+        let mut listed = w.svc.list_accounts().await.unwrap();
+        listed.sort();
+        assert_eq!(listed, ["bob", "bob-copy", "everyone"]);
+        let changed = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                let change = accounts_changed.next().await.unwrap();
+                let value = change.get().await.unwrap();
+                if value.contains(&"bob-copy".to_owned()) {
+                    return value;
+                }
+            }
+        })
+        .await
+        .expect("Accounts emitted PropertiesChanged");
+        assert_eq!(changed.len(), 3);
+        let copy = zbus::fdo::PropertiesProxy::builder(&w.conn)
+            .destination("org.himalaya.Sync")
+            .path("/org/himalaya/Sync/account/bob_2dcopy")
+            .build()
+            .await
+            .unwrap();
+        let name = copy.get(iface, "Name").await.unwrap();
+        assert_eq!(String::try_from(name).unwrap(), "bob-copy");
+    })
+    .await;
+}
