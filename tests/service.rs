@@ -283,7 +283,7 @@ async fn account_objects_emit_properties_changed_and_follow_the_config() {
         let mut listed = w.svc.list_accounts().await.unwrap();
         listed.sort();
         assert_eq!(listed, ["bob", "bob-copy", "everyone"]);
-        let changed = tokio::time::timeout(Duration::from_secs(5), async {
+        let accounts_now = tokio::time::timeout(Duration::from_secs(5), async {
             loop {
                 let change = accounts_changed.next().await.unwrap();
                 let value = change.get().await.unwrap();
@@ -294,7 +294,7 @@ async fn account_objects_emit_properties_changed_and_follow_the_config() {
         })
         .await
         .expect("Accounts emitted PropertiesChanged");
-        assert_eq!(changed.len(), 3);
+        assert_eq!(accounts_now.len(), 3);
         let copy = zbus::fdo::PropertiesProxy::builder(&w.conn)
             .destination("org.himalaya.Sync")
             .path("/org/himalaya/Sync/account/bob_2dcopy")
