@@ -240,7 +240,7 @@ async fn a_bare_mbsync_is_locked_elsewhere_with_its_pid() {
     .await;
 }
 
-/// Each account is an object whose properties emit PropertiesChanged (GDBusProxy, Plasma
+/// Each account is an object whose properties emit `PropertiesChanged` (`GDBusProxy`, Plasma
 /// bindings follow them), and the objects follow edits of the mbsync config.
 #[tokio::test]
 async fn account_objects_emit_properties_changed_and_follow_the_config() {
