@@ -178,6 +178,24 @@ mod tests {
     }
 
     #[test]
+    fn mbsync_config_follows_mbsyncs_own_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = Paths {
+            home: dir.path().join("home"),
+            config_home: dir.path().join("config"),
+            state_home: dir.path().join("state"),
+        };
+        // Nothing exists: mbsync's last resort, ~/.mbsyncrc.
+        assert_eq!(paths.mbsync_config(None), dir.path().join("home/.mbsyncrc"));
+        // $XDG_CONFIG_HOME/isyncrc wins once it exists.
+        std::fs::create_dir_all(&paths.config_home).unwrap();
+        std::fs::write(paths.config_home.join("isyncrc"), "").unwrap();
+        assert_eq!(paths.mbsync_config(None), dir.path().join("config/isyncrc"));
+        // An explicit path (-c, or mbsync_config in config.toml) wins over both.
+        assert_eq!(paths.mbsync_config(Some(Path::new("/etc/rc"))), PathBuf::from("/etc/rc"));
+    }
+
+    #[test]
     fn find_program_searches_path() {
         let sh = find_program(Path::new("sh"), Some("/nonexistent:/bin".as_ref()));
         assert_eq!(sh, Some(PathBuf::from("/bin/sh")));

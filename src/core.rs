@@ -190,7 +190,11 @@ impl<L: Locks> Core<L> {
     /// # Errors
     /// An invalid or unknown account name, or a broken mbsync config.
     pub fn progress(&self, account: &str) -> Result<Record> {
+        validate_name(account)?;
         let mut inner = self.inner();
+        if let Some(slot) = inner.accounts.get(account) {
+            return Ok(slot.progress.record().clone());
+        }
         self.lookup(&mut inner, account)?;
         Ok(inner.accounts[account].progress.record().clone())
     }
@@ -575,10 +579,14 @@ fn reload_into(inner: &mut Inner, path: &std::path::Path) {
             mbsyncrc::parse(&text)
                 .map_err(|err| format!("the mbsync config {} is invalid: {err}", path.display()))
         });
-    let names: BTreeSet<String> = match &parsed {
-        Ok(config) => config.account_names().into_iter().filter(|name| validate_name(name).is_ok()).collect(),
-        Err(_) => BTreeSet::new(),
+    // A broken edit loses nothing: the accounts (and their progress) of the last good read stay
+    // visible; what needs the config answers ConfigError until it is fixed.
+    let Ok(config) = &parsed else {
+        inner.mbsync = parsed;
+        return;
     };
+    let names: BTreeSet<String> =
+        config.account_names().into_iter().filter(|name| validate_name(name).is_ok()).collect();
     inner.accounts.retain(|name, slot| names.contains(name) || slot.run.is_some());
     for name in names {
         let state = inner.state.accounts.get(&name).cloned();

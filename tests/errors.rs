@@ -4,7 +4,7 @@ mod support;
 
 use futures_util::StreamExt;
 use support::{
-    Testbed,
+    PrivateBus, Testbed,
     daemon::{World, error_name, get, mbsync_pids_for, with_timeout, write_service_config},
 };
 
@@ -141,6 +141,13 @@ async fn corrupt_mbsyncrc_is_a_config_error_and_recovers() {
         std::fs::write(tb.mbsyncrc(), format!("{good}\nChannel\nFar :alice-remote:\n")).unwrap();
         assert_eq!(error_name(svc.list_accounts().await), "org.himalaya.Sync.Error.ConfigError");
         assert_eq!(error_name(svc.sync("alice").await), "org.himalaya.Sync.Error.ConfigError");
+        // Nothing lost meanwhile: the accounts and their records stay visible.
+        let all = svc.get_all_progress().await.unwrap();
+        assert!(all.contains_key("alice") && all.contains_key("bob"), "{:?}", all.keys());
+        assert_eq!(
+            get::<String>(&svc.get_progress("alice").await.unwrap(), "state").as_deref(),
+            Some("idle")
+        );
         let err = svc.list_accounts().await.unwrap_err();
         let text = zbus::DBusError::description(&err).unwrap_or_default();
         assert!(text.contains(".mbsyncrc") && text.contains("line"), "names the file and line: {text}");
@@ -166,6 +173,22 @@ async fn missing_mbsync_is_mbsync_missing() {
         let lock = zbus::names::BusName::try_from("org.himalaya.Sync.Lock.bob").unwrap();
         assert!(!dbus.name_has_owner(lock).await.unwrap());
         drop(daemon);
+    })
+    .await;
+}
+
+/// No service on the bus: the CLI says so and exits 3 (scripts tell it from a failed sync).
+#[tokio::test]
+async fn cli_without_a_service_exits_3() {
+    with_timeout(async {
+        let tb = Testbed::new(&[("bob", "INBOX", 1)]);
+        let bus = PrivateBus::start(None);
+        for args in [&["status"][..], &["sync", "bob"], &["watch", "--json"]] {
+            let out = support::daemon::run_cli(bus.address(), &tb.env(), args);
+            assert_eq!(out.status.code(), Some(3), "{args:?}: {out:?}");
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(stderr.contains("ServiceUnknown"), "{args:?}: {stderr}");
+        }
     })
     .await;
 }

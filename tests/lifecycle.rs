@@ -65,31 +65,38 @@ async fn kill_9_leaves_no_mbsync_and_no_lock() {
     .await;
 }
 
-/// SIGTERM mid-sync: the daemon stops mbsync, releases the lock and exits 0; the last result is
-/// kept in the state file for the next daemon.
+/// SIGTERM or SIGINT mid-sync: the daemon stops mbsync, sends the final signals, releases the
+/// lock and exits 0; the last result is kept in the state file for the next daemon.
 #[tokio::test]
-async fn sigterm_stops_syncs_and_exits_cleanly() {
+async fn sigterm_and_sigint_stop_syncs_and_exit_cleanly() {
     with_timeout(async {
-        let tb = Testbed::new(SPEC);
-        tb.proxy.set_rate(Some(100_000));
-        let bus = PrivateBus::start(None);
-        let mut daemon = Daemon::start(bus.address(), &tb.env(), &tb.dir.path().join("daemon.log")).await;
-        let conn = connect(bus.address()).await;
-        let svc = service(&conn).await;
-        svc.sync("alice").await.unwrap();
-        wait_until("mbsync to start", Duration::from_secs(20), || async {
-            !mbsync_pids_for(&tb.mbsyncrc()).is_empty()
-        })
-        .await;
-        let status = daemon.terminate(Duration::from_secs(15));
-        assert_eq!(status.code(), Some(0), "log:\n{}", daemon.log());
-        assert!(mbsync_pids_for(&tb.mbsyncrc()).is_empty());
-        assert!(lock_is_free(&conn, "alice").await);
-        let state = std::fs::read_to_string(tb.home().join(".local/state/himalaya-sync/state.json")).unwrap();
-        assert!(state.contains("cancelled"), "{state}");
-        let _daemon = Daemon::start(bus.address(), &tb.env(), &tb.dir.path().join("daemon2.log")).await;
-        let record = service(&conn).await.get_progress("alice").await.unwrap();
-        assert_eq!(get::<String>(&record, "last_result").as_deref(), Some("cancelled"));
+        for signal in ["TERM", "INT"] {
+            let tb = Testbed::new(SPEC);
+            tb.proxy.set_rate(Some(100_000));
+            let World { svc, conn, mut daemon, bus, tb } = World::around(tb).await;
+            let mut finished = svc.receive_sync_finished().await.unwrap();
+            svc.sync("alice").await.unwrap();
+            wait_until("mbsync to start", Duration::from_secs(20), || async {
+                !mbsync_pids_for(&tb.mbsyncrc()).is_empty()
+            })
+            .await;
+            let status = daemon.stop(signal, Duration::from_secs(15));
+            assert_eq!(status.code(), Some(0), "SIG{signal}; log:\n{}", daemon.log());
+            assert!(mbsync_pids_for(&tb.mbsyncrc()).is_empty());
+            assert!(lock_is_free(&conn, "alice").await);
+            // The final signal went out before the daemon left.
+            let end = tokio::time::timeout(Duration::from_secs(2), finished.next())
+                .await
+                .unwrap_or_else(|_| panic!("SIG{signal}: no SyncFinished before exit"))
+                .unwrap();
+            assert_eq!(end.args().unwrap().message, "sync cancelled");
+            let state =
+                std::fs::read_to_string(tb.home().join(".local/state/himalaya-sync/state.json")).unwrap();
+            assert!(state.contains("cancelled"), "{state}");
+            let _daemon = Daemon::start(bus.address(), &tb.env(), &tb.dir.path().join("daemon2.log")).await;
+            let record = service(&conn).await.get_progress("alice").await.unwrap();
+            assert_eq!(get::<String>(&record, "last_result").as_deref(), Some("cancelled"));
+        }
     })
     .await;
 }
@@ -294,9 +301,12 @@ async fn a_helper_holding_mbsyncs_output_does_not_hold_the_run() {
     with_timeout(async {
         let tb = Testbed::new(&[("bob", "INBOX", 20)]);
         let rc = std::fs::read_to_string(tb.mbsyncrc()).unwrap();
-        // A distinctive sleep, so the test can find and end it afterwards.
-        let patched =
-            rc.replace("User bob\nPass \"bobpw\"\n", "User bob\nPassCmd \"sleep 27.5 >&2 & echo bobpw\"\n");
+        // The helper writes its PID, so the test can end it afterwards.
+        let pidfile = tb.dir.path().join("helper.pid");
+        let patched = rc.replace(
+            "User bob\nPass \"bobpw\"\n",
+            &format!("User bob\nPassCmd \"sleep 30 >&2 & echo $! >{}; echo bobpw\"\n", pidfile.display()),
+        );
         assert_ne!(rc, patched, "the test bed's mbsyncrc changed shape:\n{rc}");
         std::fs::write(tb.mbsyncrc(), patched).unwrap();
         let World { svc, conn: _conn, daemon, bus: _bus, tb } = World::around(tb).await;
@@ -313,7 +323,8 @@ async fn a_helper_holding_mbsyncs_output_does_not_hold_the_run() {
         // The account is free again at once.
         svc.sync("bob").await.unwrap();
         assert!(finished.next().await.unwrap().args().unwrap().ok);
-        let _ = std::process::Command::new("pkill").args(["-f", "sleep 27.5"]).status();
+        let helper = std::fs::read_to_string(&pidfile).unwrap();
+        support::daemon::send_signal(helper.trim().parse().unwrap(), "TERM");
     })
     .await;
 }
@@ -342,6 +353,78 @@ async fn corrupt_config_and_state_files_are_not_fatal() {
         assert!(names.iter().any(|n| n.contains("corrupt")), "{names:?}");
         let state = std::fs::read_to_string(state_dir.join("state.json")).unwrap();
         assert!(state.contains("\"ok\""), "a fresh state was written: {state}");
+    })
+    .await;
+}
+
+/// How mbsync is run, seen from inside: a `PassCmd` (run by mbsync, so it shares its stdin,
+/// environment and process group) records what it got.
+#[tokio::test]
+async fn mbsync_runs_with_null_stdin_no_gpg_tty_wide_columns_in_its_own_group() {
+    with_timeout(async {
+        let tb = Testbed::new(&[("bob", "INBOX", 5)]);
+        let d = tb.dir.path().to_str().unwrap().to_owned();
+        let rc = std::fs::read_to_string(tb.mbsyncrc()).unwrap();
+        let probe = format!(
+            "PassCmd \"echo ${{GPG_TTY:-unset}} >{d}/gpg_tty; readlink /proc/self/fd/0 >{d}/stdin; \
+             cut -d' ' -f5 /proc/$$/stat >{d}/pgid; echo $COLUMNS >{d}/columns; echo bobpw\"\n"
+        );
+        let patched = rc.replace("Pass \"bobpw\"\n", &probe);
+        assert_ne!(rc, patched, "the test bed's mbsyncrc changed shape:\n{rc}");
+        std::fs::write(tb.mbsyncrc(), patched).unwrap();
+        let bus = PrivateBus::start(None);
+        let mut env = tb.env();
+        env.push(("GPG_TTY".into(), "/dev/pts/99".into()));
+        let _daemon = Daemon::start(bus.address(), &env, &tb.dir.path().join("daemon.log")).await;
+        let conn = connect(bus.address()).await;
+        let svc = service(&conn).await;
+        let mut progress = svc.receive_progress_changed().await.unwrap();
+        let mut finished = svc.receive_sync_finished().await.unwrap();
+        svc.sync("bob").await.unwrap();
+        let first = progress.next().await.unwrap();
+        let pid: u32 = get(&first.args().unwrap().progress, "pid").expect("the first record names the pid");
+        assert!(finished.next().await.unwrap().args().unwrap().ok);
+        let read = |name: &str| std::fs::read_to_string(tb.dir.path().join(name)).unwrap().trim().to_owned();
+        assert_eq!(read("gpg_tty"), "unset", "GPG_TTY must not reach mbsync's helpers");
+        assert_eq!(read("stdin"), "/dev/null");
+        assert_eq!(read("pgid"), pid.to_string(), "mbsync leads its own process group");
+        assert_eq!(read("columns"), "250");
+    })
+    .await;
+}
+
+/// A program that ignores SIGTERM (here a stand-in for a hung mbsync) is killed with SIGKILL
+/// after `stop_grace`, with its whole process group.
+#[tokio::test]
+async fn cancel_escalates_to_sigkill_after_the_grace_period() {
+    with_timeout(async {
+        use std::os::unix::fs::PermissionsExt;
+        let tb = Testbed::new(&[("bob", "INBOX", 1)]);
+        let stub = tb.dir.path().join("stubborn-mbsync");
+        std::fs::write(&stub, "#!/bin/sh\ntrap '' TERM\nsleep 30\n").unwrap();
+        std::fs::set_permissions(&stub, std::fs::Permissions::from_mode(0o755)).unwrap();
+        write_service_config(&tb, &format!("mbsync = {:?}\nstop_grace = 1\n", stub.to_str().unwrap()));
+        let World { svc, conn: _conn, daemon: _daemon, bus: _bus, tb: _tb } = World::around(tb).await;
+        let mut finished = svc.receive_sync_finished().await.unwrap();
+        svc.sync("bob").await.unwrap();
+        let pid: u32 = get(&svc.get_progress("bob").await.unwrap(), "pid").unwrap();
+        // Let the shell install its trap.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let asked = std::time::Instant::now();
+        svc.cancel("bob").await.unwrap();
+        let end = finished.next().await.unwrap();
+        let waited = asked.elapsed();
+        assert_eq!(end.args().unwrap().message, "sync cancelled");
+        assert!(waited >= Duration::from_millis(900), "killed before the grace period: {waited:?}");
+        assert!(waited < Duration::from_secs(5), "not killed after the grace period: {waited:?}");
+        // The whole group is gone: the shell and its sleep.
+        let group_alive = std::fs::read_dir("/proc").unwrap().filter_map(Result::ok).any(|e| {
+            let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+            let fields: Vec<&str> =
+                stat.rsplit_once(") ").map(|(_, r)| r.split(' ').collect()).unwrap_or_default();
+            fields.get(2) == Some(&pid.to_string().as_str()) && fields.first() != Some(&"Z")
+        });
+        assert!(!group_alive, "a process of mbsync's group survived");
     })
     .await;
 }

@@ -51,7 +51,16 @@ async fn full_sync_reports_growing_progress_and_ends_exact() {
                         assert_eq!(comm.trim(), "mbsync");
                         assert_eq!(get::<String>(&now, "owner").as_deref(), Some("service"));
                         let cmd: Vec<String> = get(&now, "command").unwrap();
-                        assert!(cmd.ends_with(&["alice".to_owned()]), "{cmd:?}");
+                        assert!(cmd.ends_with(&["-V".to_owned(), "alice".to_owned()]), "{cmd:?}");
+                        assert_eq!(get::<u32>(&now, "owner_pid"), Some(w.daemon.pid()));
+                        let started: u64 = get(&now, "started_at").unwrap();
+                        let updated: u64 = get(&now, "last_update").unwrap();
+                        assert!(started <= updated, "{started} > {updated}");
+                        // -V names the box in work; the counters come from the pty.
+                        assert!(get::<String>(&now, "mailbox").is_some(), "no mailbox mid-sync");
+                        assert!(get::<String>(&now, "operation").is_some(), "no operation mid-sync");
+                        assert_eq!(get::<bool>(&now, "stuck"), Some(false));
+                        assert_eq!(get::<u32>(&now, "channels_total"), Some(1));
                     }
                 }
                 Some(s) = finished.next() => {
@@ -69,6 +78,10 @@ async fn full_sync_reports_growing_progress_and_ends_exact() {
         let done: Vec<u32> = records.iter().filter_map(|r| get::<u32>(r, "messages_done")).collect();
         assert!(done.windows(2).all(|w| w[0] <= w[1]), "messages_done went backwards: {done:?}");
         assert!(done.len() >= 5, "too few progress updates: {done:?}");
+        assert!(
+            records.iter().any(|r| get::<f64>(r, "rate").is_some_and(|rate| rate > 0.0)),
+            "a sync of seconds reports a rate"
+        );
         let last = records.last().unwrap();
         assert_eq!(state(last), "idle");
         assert_eq!(get::<String>(last, "last_result").as_deref(), Some("ok"));

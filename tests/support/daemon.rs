@@ -104,10 +104,10 @@ impl Daemon {
         }
     }
 
-    /// SIGTERM, then wait (bounded) for the exit status.
-    pub fn terminate(&mut self, timeout: Duration) -> ExitStatus {
+    /// Send `signal` (`TERM`, `INT`), then wait (bounded) for the exit status.
+    pub fn stop(&mut self, signal: &str, timeout: Duration) -> ExitStatus {
         let mut child = self.child.take().expect("daemon already stopped");
-        send_signal(child.id(), "TERM");
+        send_signal(child.id(), signal);
         let start = Instant::now();
         loop {
             if let Some(status) = child.try_wait().unwrap() {
@@ -115,7 +115,7 @@ impl Daemon {
             }
             if start.elapsed() > timeout {
                 let _ = child.kill();
-                panic!("the daemon did not exit within {timeout:?} of SIGTERM; log:\n{}", self.log());
+                panic!("the daemon did not exit within {timeout:?} of SIG{signal}; log:\n{}", self.log());
             }
             std::thread::sleep(Duration::from_millis(20));
         }
