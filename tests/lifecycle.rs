@@ -223,6 +223,8 @@ async fn idle_daemon_does_not_wake() {
         tokio::time::sleep(Duration::from_secs(3)).await;
         let after = wakeups(daemon.pid());
         assert_eq!(after - before, 0, "the idle daemon woke {} times in 3 s", after - before);
+        let threads = std::fs::read_dir(format!("/proc/{}/task", daemon.pid())).unwrap().count();
+        assert_eq!(threads, 1, "a run's pty reader thread outlived it");
         let rss_kib: u64 = std::fs::read_to_string(format!("/proc/{}/status", daemon.pid()))
             .unwrap()
             .lines()
