@@ -13,7 +13,7 @@
 //! Records cut by a narrow `COLUMNS` (`F: +0/0 *0~`) are dropped silently and only counted
 //! ([`Parser::dropped_records`]): their numbers are incomplete and [`Stats`] cannot mark a field
 //! as unknown, so reporting them would mean reporting wrong numbers. The supervisor runs mbsync
-//! with `COLUMNS=250`, where nothing is ever cut: each side then gets at least 95 columns and
+//! with `COLUMNS=1000` (DESIGN.md); 250 would already do: each side then gets at least 95 columns and
 //! needs at most 91, even with 10-digit (C `int`) counters and the 1.5 `-` field.
 
 /// One `done/total` pair of an mbsync progress counter.

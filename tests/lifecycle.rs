@@ -390,7 +390,7 @@ async fn mbsync_runs_with_null_stdin_no_gpg_tty_wide_columns_in_its_own_group() 
         assert_eq!(read("gpg_tty"), "unset", "GPG_TTY must not reach mbsync's helpers");
         assert_eq!(read("stdin"), "/dev/null");
         assert_eq!(read("pgid"), pid.to_string(), "mbsync leads its own process group");
-        assert_eq!(read("columns"), "250");
+        assert_eq!(read("columns"), "1000");
     })
     .await;
 }
