@@ -319,3 +319,34 @@ async fn account_objects_emit_properties_changed_and_follow_the_config() {
     })
     .await;
 }
+
+/// A lock taken away (a forced takeover with `REPLACE_EXISTING`, which our `ALLOW_REPLACEMENT`
+/// permits) stops the run that held it: never two mbsync on one channel.
+#[tokio::test]
+async fn a_lock_taken_away_stops_the_run_that_held_it() {
+    with_timeout(async {
+        let w = World::start(SPEC).await;
+        w.tb.proxy.set_rate(Some(100_000));
+        let mut finished = w.svc.receive_sync_finished().await.unwrap();
+        w.svc.sync("alice").await.unwrap();
+        wait_until("mbsync to start", Duration::from_secs(20), || async {
+            !mbsync_pids_for(&w.tb.mbsyncrc()).is_empty()
+        })
+        .await;
+        let taker = connect(w.bus.address()).await;
+        let flags = zbus::fdo::RequestNameFlags::REPLACE_EXISTING | zbus::fdo::RequestNameFlags::DO_NOT_QUEUE;
+        let reply = taker.request_name_with_flags("org.himalaya.Sync.Lock.alice", flags).await.unwrap();
+        assert_eq!(reply, zbus::fdo::RequestNameReply::PrimaryOwner);
+        let end = finished.next().await.unwrap();
+        assert_eq!(end.args().unwrap().message, "sync cancelled");
+        assert!(mbsync_pids_for(&w.tb.mbsyncrc()).is_empty(), "our mbsync still runs without the lock");
+        // The new holder keeps the lock: our run's release did not take it from them.
+        let dbus = zbus::fdo::DBusProxy::new(&w.conn).await.unwrap();
+        let owner = dbus
+            .get_name_owner(zbus::names::BusName::try_from("org.himalaya.Sync.Lock.alice").unwrap())
+            .await
+            .unwrap();
+        assert_eq!(Some(owner.as_str()), taker.unique_name().map(|u| u.as_str()));
+    })
+    .await;
+}
