@@ -199,12 +199,18 @@ impl<L: Locks> Core<L> {
         Ok(inner.accounts[account].progress.record().clone())
     }
 
-    /// Every account's record.
+    /// Every account's record, after re-reading the config.
     #[must_use]
     pub fn all_progress(&self) -> BTreeMap<String, Record> {
-        let mut inner = self.inner();
-        self.reload(&mut inner);
-        inner.accounts.iter().map(|(k, v)| (k.clone(), v.progress.record().clone())).collect()
+        self.reload(&mut self.inner());
+        self.records()
+    }
+
+    /// Every account's record as known now, without re-reading the config (for the bus layer
+    /// reacting to [`CoreEvent::AccountsChanged`], which a re-read just produced).
+    #[must_use]
+    pub fn records(&self) -> BTreeMap<String, Record> {
+        self.inner().accounts.iter().map(|(k, v)| (k.clone(), v.progress.record().clone())).collect()
     }
 
     /// Validate `account` and return the channels it stands for.
@@ -232,15 +238,11 @@ impl<L: Locks> Core<L> {
     /// (`AlreadySyncing`) or elsewhere (`LockedElsewhere`), mbsync missing, or mbsync could not
     /// be started.
     pub async fn sync(&self, account: &str) -> Result<()> {
-        let settings = &self.shared.settings;
         let mut channels = {
             let mut inner = self.inner();
             let channels = self.lookup(&mut inner, account)?;
             if inner.shutting_down {
-                return Err(Error::MbsyncFailed {
-                    account: account.into(),
-                    reason: "the service is shutting down; try again when it is back".into(),
-                });
+                return Err(shutting_down(account));
             }
             if let Some((channel, _)) = channels.iter().find_map(|c| inner.busy.get_key_value(c)) {
                 return Err(Error::AlreadySyncing { account: account.into(), channel: channel.clone() });
@@ -254,7 +256,7 @@ impl<L: Locks> Core<L> {
         // Sorted, so two group syncs always take shared channels in the same order.
         channels.sort();
         channels.dedup();
-        let result = self.start(account, &channels, settings).await;
+        let result = self.start(account, &channels).await;
         if result.is_err() {
             let mut inner = self.inner();
             for channel in &channels {
@@ -264,7 +266,8 @@ impl<L: Locks> Core<L> {
         result
     }
 
-    async fn start(&self, account: &str, channels: &[String], settings: &Settings) -> Result<()> {
+    async fn start(&self, account: &str, channels: &[String]) -> Result<()> {
+        let settings = &self.shared.settings;
         let path_var = std::env::var_os("PATH");
         let program =
             config::find_program(&settings.config.mbsync, path_var.as_deref()).ok_or_else(|| {
@@ -335,10 +338,7 @@ impl<L: Locks> Core<L> {
         let config = {
             let mut inner = self.inner();
             if inner.shutting_down {
-                return Err(Error::MbsyncFailed {
-                    account: account.into(),
-                    reason: "the service is shutting down; try again when it is back".into(),
-                });
+                return Err(shutting_down(account));
             }
             self.reload(&mut inner);
             let config = inner.mbsync.as_ref().map_err(|e| Error::ConfigError(e.clone()))?;
@@ -599,6 +599,13 @@ fn reload_into(inner: &mut Inner, path: &std::path::Path) {
         });
     }
     inner.mbsync = parsed;
+}
+
+fn shutting_down(account: &str) -> Error {
+    Error::MbsyncFailed {
+        account: account.into(),
+        reason: "the service is shutting down; try again when it is back".into(),
+    }
 }
 
 fn known_list<'a>(names: impl Iterator<Item = &'a String>) -> String {

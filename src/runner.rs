@@ -232,9 +232,7 @@ impl Mbsync {
                 },
                 read = read_stream(self.stderr.as_mut(), &mut self.err_buf), if stderr_open => match read {
                     Ok(n) if n > 0 => {
-                        let n = n.min(self.err_buf.len());
-                        let chunk = self.err_buf[..n].to_vec();
-                        self.keep_stderr(&chunk);
+                        keep_tail(&mut self.stderr_buf, &self.err_buf[..n], STDERR_LIMIT);
                     }
                     Ok(_) | Err(_) => self.stderr = None,
                 },
@@ -252,14 +250,6 @@ impl Mbsync {
         }
     }
 
-    fn keep_stderr(&mut self, bytes: &[u8]) {
-        self.stderr_buf.extend_from_slice(bytes);
-        if self.stderr_buf.len() > STDERR_LIMIT {
-            let cut = self.stderr_buf.len() - STDERR_LIMIT;
-            self.stderr_buf.drain(..cut);
-        }
-    }
-
     async fn reap(&mut self) -> Exit {
         let stderr = String::from_utf8_lossy(&self.stderr_buf).into_owned();
         let status = match self.status {
@@ -270,6 +260,15 @@ impl Mbsync {
             Ok(status) => Exit { code: status.code(), signal: status.signal(), stderr },
             Err(err) => Exit { code: None, signal: None, stderr: format!("{stderr}{err}") },
         }
+    }
+}
+
+/// Append `bytes` to `buf`, keeping only its last `limit` bytes.
+fn keep_tail(buf: &mut Vec<u8>, bytes: &[u8], limit: usize) {
+    buf.extend_from_slice(bytes);
+    if buf.len() > limit {
+        let cut = buf.len() - limit;
+        buf.drain(..cut);
     }
 }
 

@@ -72,11 +72,11 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
                 }
                 // We also hear NameLost for our own releases: only a lock that someone else
                 // owns now was really taken away.
-                if let Some(channel) = names::channel_of_lock_name(args.name.as_str()) {
-                    let owner = dbus.get_name_owner(args.name.clone()).await.ok();
-                    if owner.as_ref().map(|o| o.as_str()) != conn.unique_name().map(|u| u.as_str()) && owner.is_some() {
-                        core.lock_lost(&channel);
-                    }
+                if let Some(channel) = names::channel_of_lock_name(args.name.as_str())
+                    && let Ok(owner) = dbus.get_name_owner(args.name.clone()).await
+                    && conn.unique_name().is_none_or(|ours| *ours != owner)
+                {
+                    core.lock_lost(&channel);
                 }
             }
             () = conn.closed() => {
@@ -116,7 +116,7 @@ async fn sync_account_objects(
     core: &Core<BusLocks>,
     objects: &mut BTreeMap<String, String>,
 ) {
-    let progress = core.all_progress();
+    let progress = core.records();
     let server = conn.object_server();
     let gone: Vec<String> = objects.keys().filter(|k| !progress.contains_key(*k)).cloned().collect();
     for name in gone {
