@@ -152,10 +152,8 @@ fn interface_xml(xml: &str, name: &str) -> String {
 #[tokio::test]
 async fn live_introspection_matches_the_contract() {
     with_timeout(async {
-        let tb = Testbed::new(&[("bob", "INBOX", 1)]);
-        let bus = PrivateBus::start(None);
-        let _daemon = Daemon::start(bus.address(), &tb.env(), &tb.dir.path().join("daemon.log")).await;
-        let conn = connect(bus.address()).await;
+        let World { svc: _svc, conn, daemon: _daemon, bus: _bus, tb: _tb } =
+            World::start(&[("bob", "INBOX", 1)]).await;
         let introspect = |path: &'static str| {
             let conn = conn.clone();
             async move {
@@ -240,9 +238,8 @@ async fn idle_daemon_does_not_wake() {
 #[tokio::test]
 async fn cli_status_watch_and_sync() {
     with_timeout(async {
-        let tb = Testbed::new(&[("bob", "INBOX", 20)]);
-        let bus = PrivateBus::start(None);
-        let _daemon = Daemon::start(bus.address(), &tb.env(), &tb.dir.path().join("daemon.log")).await;
+        let World { svc: _svc, conn: _conn, daemon: _daemon, bus, tb } =
+            World::start(&[("bob", "INBOX", 20)]).await;
         let run = |args: &[&str]| support::daemon::run_cli(bus.address(), &tb.env(), args);
         let out = run(&["status", "--json"]);
         assert!(out.status.success(), "{out:?}");
