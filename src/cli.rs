@@ -13,7 +13,10 @@ use futures_util::StreamExt;
 use serde_json::{Map, Value, json};
 use zbus::{Connection, OwnedVariant, Variant};
 
-use crate::bus::{errors::SyncError, service::ServiceProxy};
+use crate::bus::{
+    errors::SyncError,
+    service::{ProgressChangedStream, ServiceProxy, SyncFinishedStream},
+};
 
 /// Exit code: the service cannot be reached.
 pub const EXIT_NO_SERVICE: u8 = 3;
@@ -98,6 +101,16 @@ pub fn human_line(account: &str, r: &Value) -> String {
     let s = |k: &str| r.get(k).and_then(Value::as_str);
     let n = |k: &str| r.get(k).and_then(Value::as_u64);
     let mut parts = vec![s("state").unwrap_or("unknown").to_owned()];
+    if s("state") == Some("external") {
+        parts.push(match s("owner") {
+            Some("client") => "by a lock holder (himalaya-sync exec or another client)".to_owned(),
+            Some("process") => "by a bare mbsync".to_owned(),
+            _ => "outside the service".to_owned(),
+        });
+        if r.get("overdue").and_then(Value::as_bool) == Some(true) {
+            parts.push("overdue".to_owned());
+        }
+    }
     if let (Some(done), Some(total)) = (n("messages_done"), n("messages_total")) {
         parts.push(format!("{done}/{total} messages"));
     }
@@ -129,68 +142,141 @@ pub fn human_line(account: &str, r: &Value) -> String {
     format!("{account}: {}", parts.join(", "))
 }
 
+/// The signal streams a command follows a run with; subscribed before the call that starts it,
+/// since a fast run may end before the reply arrives.
+struct Follow {
+    progress: ProgressChangedStream,
+    finished: SyncFinishedStream,
+    owner: zbus::proxy::OwnerChangedStream<'static>,
+}
+
+impl Follow {
+    async fn subscribe(proxy: &ServiceProxy<'static>) -> Result<Self> {
+        Ok(Self {
+            finished: proxy.receive_sync_finished().await?,
+            progress: proxy.receive_progress_changed().await?,
+            owner: proxy.inner().receive_owner_changed().await?,
+        })
+    }
+
+    /// Print `account`'s progress until its run ends; the run's result is ours.
+    async fn run(mut self, account: &str, quiet: bool) -> Result<()> {
+        let mut last_line = String::new();
+        // A SyncFinished of an earlier run may still be on its way: only one that follows our
+        // run's first `syncing` record counts (signals keep their order on the bus).
+        let mut started = false;
+        loop {
+            tokio::select! {
+                // Progress first: the bus delivers a run's last ProgressChanged before its
+                // SyncFinished, but two streams ready at once would otherwise be taken in any order.
+                biased;
+                Some(signal) = self.progress.next() => {
+                    let Ok(args) = signal.args() else { continue };
+                    if args.account != account {
+                        continue;
+                    }
+                    started |= args.progress.get("state").and_then(|v| v.downcast_ref::<&str>().ok()) == Some("syncing");
+                    if quiet {
+                        continue;
+                    }
+                    let line = human_line(account, &record_to_json(&args.progress));
+                    if line != last_line {
+                        eprintln!("{line}");
+                        last_line = line;
+                    }
+                }
+                Some(signal) = self.finished.next() => {
+                    let Ok(args) = signal.args() else { continue };
+                    if args.account != account || !started {
+                        continue;
+                    }
+                    return match (args.ok, args.message) {
+                        (true, message) => {
+                            if !quiet {
+                                println!("{account}: {message}");
+                            }
+                            Ok(())
+                        }
+                        (false, "sync cancelled") => Err(CliError { code: 1, message: format!("{account}: the sync was cancelled") }),
+                        (false, message) => Err(CliError {
+                            code: 1,
+                            message: format!("org.himalaya.Sync.Error.MbsyncFailed: {account}: {message}"),
+                        }),
+                    };
+                }
+                Some(new_owner) = self.owner.next() => {
+                    if new_owner.is_none() {
+                        return Err(CliError { code: EXIT_NO_SERVICE, message: "the service stopped during the sync".into() });
+                    }
+                }
+                else => return Err(CliError { code: EXIT_NO_SERVICE, message: "the service went away".into() }),
+            }
+        }
+    }
+}
+
 /// `sync ACCOUNT`: start, then (unless `no_wait`) follow it to its end.
 pub async fn sync(account: &str, no_wait: bool, quiet: bool) -> Result<()> {
     let proxy = proxy().await?;
-    // Subscribe before the call: a fast sync may end before the reply arrives.
-    let mut finished = proxy.receive_sync_finished().await?;
-    let mut progress = proxy.receive_progress_changed().await?;
-    let mut owner = proxy.inner().receive_owner_changed().await?;
+    let follow = Follow::subscribe(&proxy).await?;
     proxy.sync(account).await?;
     if no_wait {
         return Ok(());
     }
-    let mut last_line = String::new();
-    // A SyncFinished of an earlier run may still be on its way: only one that follows our
-    // run's first `syncing` record counts (signals keep their order on the bus).
-    let mut started = false;
-    loop {
-        tokio::select! {
-            // Progress first: the bus delivers a run's last ProgressChanged before its
-            // SyncFinished, but two streams ready at once would otherwise be taken in any order.
-            biased;
-            Some(signal) = progress.next() => {
-                let Ok(args) = signal.args() else { continue };
-                if args.account != account {
-                    continue;
-                }
-                started |= args.progress.get("state").and_then(|v| v.downcast_ref::<&str>().ok()) == Some("syncing");
-                if quiet {
-                    continue;
-                }
-                let line = human_line(account, &record_to_json(&args.progress));
-                if line != last_line {
-                    eprintln!("{line}");
-                    last_line = line;
-                }
-            }
-            Some(signal) = finished.next() => {
-                let Ok(args) = signal.args() else { continue };
-                if args.account != account || !started {
-                    continue;
-                }
-                return match (args.ok, args.message) {
-                    (true, message) => {
-                        if !quiet {
-                            println!("{account}: {message}");
-                        }
-                        Ok(())
-                    }
-                    (false, "sync cancelled") => Err(CliError { code: 1, message: format!("{account}: the sync was cancelled") }),
-                    (false, message) => Err(CliError {
-                        code: 1,
-                        message: format!("org.himalaya.Sync.Error.MbsyncFailed: {account}: {message}"),
-                    }),
-                };
-            }
-            Some(new_owner) = owner.next() => {
-                if new_owner.is_none() {
-                    return Err(CliError { code: EXIT_NO_SERVICE, message: "the service stopped during the sync".into() });
-                }
-            }
-            else => return Err(CliError { code: EXIT_NO_SERVICE, message: "the service went away".into() }),
-        }
+    follow.run(account, quiet).await
+}
+
+/// How a takeover or handoff is asked for.
+#[derive(Debug, Clone, Copy)]
+pub enum Takeover {
+    /// `TakeOver`: stop it, whoever runs it.
+    Force,
+    /// `RequestHandoff` with this timeout.
+    Handoff { timeout_ms: u32 },
+}
+
+/// `takeover ACCOUNT` / `handoff ACCOUNT`: stop the sync that runs elsewhere, then (unless
+/// `no_wait`) follow the restarted one to its end.
+pub async fn take_over(account: &str, how: Takeover, no_wait: bool, quiet: bool) -> Result<()> {
+    let proxy = proxy().await?;
+    let follow = Follow::subscribe(&proxy).await?;
+    let answer = match how {
+        Takeover::Force => proxy.take_over(account).await?,
+        Takeover::Handoff { timeout_ms } => proxy.request_handoff(account, timeout_ms).await?,
+    };
+    let answer = record_to_json(&answer);
+    let restarted: Vec<String> = answer
+        .get("restarted")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+        .unwrap_or_default();
+    if !quiet {
+        eprintln!("{}", stopped_line(account, &answer, &restarted));
     }
+    match restarted.first() {
+        Some(restarted) if !no_wait => follow.run(restarted, quiet).await,
+        _ => Ok(()),
+    }
+}
+
+/// `alice: stopped mbsync PID 4242 (a bare mbsync, ran 12 s: mbsync -a); now syncing everyone`.
+fn stopped_line(account: &str, answer: &Value, restarted: &[String]) -> String {
+    let owner = match answer.get("stopped_owner").and_then(Value::as_str) {
+        Some("client") => "a lock holder",
+        Some("process") => "a bare mbsync",
+        _ => "unknown",
+    };
+    let command: Vec<&str> = answer
+        .get("stopped_command")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let runtime = answer.get("stopped_runtime_s").and_then(Value::as_u64).unwrap_or(0);
+    let what = match answer.get("stopped_pid").and_then(Value::as_u64) {
+        Some(pid) => format!("stopped mbsync PID {pid} ({owner}, ran {runtime} s: {})", command.join(" ")),
+        None => format!("took the lock from {owner} (no mbsync was running)"),
+    };
+    format!("{account}: {what}; now syncing {}", restarted.join(", "))
 }
 
 /// `cancel ACCOUNT`.

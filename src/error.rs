@@ -27,8 +27,17 @@ pub enum Error {
     )]
     LockedElsewhere { account: String, channel: String, holder: String },
 
-    #[error("no sync of account {account:?} is running in this service")]
+    #[error("no sync of account {account:?} is running")]
     NotRunning { account: String },
+
+    #[error(
+        "the holder of account {account:?} did not hand over within {timeout_ms} ms; it keeps \
+         syncing. Try again with a longer timeout, or use TakeOver to stop it"
+    )]
+    HandoffTimeout { account: String, timeout_ms: u64 },
+
+    #[error("no handoff of account {account:?}: {reason}")]
+    HandoffRefused { account: String, reason: String },
 
     #[error(
         "mbsync ({program}) was not found or is not executable; install isync, or set `mbsync` \

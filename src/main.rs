@@ -3,7 +3,10 @@
 // The doc comments below are the --help text: plain words, no Markdown backticks.
 #![allow(clippy::doc_markdown)]
 
-use std::{path::PathBuf, process::ExitCode};
+use std::{
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
 
 use clap::{Parser, Subcommand};
 use himalaya_sync::{
@@ -11,6 +14,7 @@ use himalaya_sync::{
     cli,
     config::{Config, Paths},
     core::Settings,
+    exec,
 };
 
 /// Runs and watches mbsync syncs and publishes their progress on the session bus.
@@ -52,6 +56,47 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Stop the sync that runs elsewhere (a lock holder or a bare mbsync) and restart it under the
+    /// service, then follow it to its end.
+    Takeover {
+        account: String,
+        /// Return once the service runs it.
+        #[arg(long)]
+        no_wait: bool,
+        /// Print nothing on success.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Ask the lock holder syncing an account to hand over gracefully (nothing is killed), then
+    /// follow the service's run to its end.
+    Handoff {
+        account: String,
+        /// How long the holder may take, in milliseconds.
+        #[arg(long, default_value_t = 5000)]
+        timeout: u32,
+        /// Return once the service runs it.
+        #[arg(long)]
+        no_wait: bool,
+        /// Print nothing on success.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Run mbsync for an account without the service, as a well-behaved lock holder (for cron,
+    /// timers and scripts): it takes the account's locks, publishes its progress, hands over when
+    /// the service asks, and exits with mbsync's status (0 after a handoff, 75 if the account is
+    /// being synced already).
+    Exec {
+        account: String,
+        /// Refuse to hand over: finish this run whatever happens.
+        #[arg(long)]
+        no_handoff: bool,
+        /// The mbsync config (default as for the daemon).
+        #[arg(short = 'c', long = "mbsync-config")]
+        mbsync_config: Option<PathBuf>,
+        /// The service config (default: $XDG_CONFIG_HOME/himalaya-sync/config.toml).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Follow progress: the current state, then one line per change.
     Watch {
         /// One JSON object per line.
@@ -84,6 +129,15 @@ async fn run(command: Command) -> ExitCode {
         Command::Cancel { account } => cli::cancel(&account).await,
         Command::Status { account, json } => cli::status(account.as_deref(), json).await,
         Command::Watch { json } => cli::watch(json).await,
+        Command::Takeover { account, no_wait, quiet } => {
+            cli::take_over(&account, cli::Takeover::Force, no_wait, quiet).await
+        }
+        Command::Handoff { account, timeout, no_wait, quiet } => {
+            cli::take_over(&account, cli::Takeover::Handoff { timeout_ms: timeout }, no_wait, quiet).await
+        }
+        Command::Exec { account, no_handoff, mbsync_config, config } => {
+            return exec::exec(load_settings(mbsync_config.as_deref(), config), &account, !no_handoff).await;
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -93,11 +147,21 @@ async fn run(command: Command) -> ExitCode {
 }
 
 async fn run_daemon(mbsync_config: Option<PathBuf>, config_path: Option<PathBuf>) -> ExitCode {
+    match daemon::run(load_settings(mbsync_config.as_deref(), config_path)).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("himalaya-sync: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// config.toml (never fatal: a typo must not leave the user without syncs) and the paths.
+fn load_settings(mbsync_config: Option<&Path>, config_path: Option<PathBuf>) -> Settings {
     let paths = Paths::from_env();
     let config_path = config_path.unwrap_or_else(|| paths.config_file());
     let config = match std::fs::read_to_string(&config_path) {
         Ok(text) => Config::parse(&text).unwrap_or_else(|err| {
-            // Never fatal: a typo must not leave the user without syncs. Say it loudly.
             tracing::error!("{}: {err}; using the defaults", config_path.display());
             Config::default()
         }),
@@ -107,13 +171,6 @@ async fn run_daemon(mbsync_config: Option<PathBuf>, config_path: Option<PathBuf>
             Config::default()
         }
     };
-    let mbsync_config = paths.mbsync_config(mbsync_config.as_deref().or(config.mbsync_config.as_deref()));
-    let settings = Settings { config, paths, mbsync_config };
-    match daemon::run(settings).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("himalaya-sync: {err}");
-            ExitCode::FAILURE
-        }
-    }
+    let mbsync_config = paths.mbsync_config(mbsync_config.or(config.mbsync_config.as_deref()));
+    Settings { config, paths, mbsync_config }
 }

@@ -85,6 +85,8 @@ pub enum Outcome {
     Ok,
     Failed(String),
     Cancelled,
+    /// Stopped by a shutdown or handed over: resumed later, never a failure.
+    Interrupted,
 }
 
 /// One account's progress, as published (DESIGN.md, "Progress record"). `None` = unknown.
@@ -113,6 +115,8 @@ pub struct Record {
     /// 0–100, only once totals are settled.
     pub percent: Option<f64>,
     pub stuck: bool,
+    /// An external sync running longer than `auto_takeover_timeout` (the seed's "likely stuck").
+    pub overdue: bool,
     /// `ok`, `failed` or `cancelled`, of the last finished run.
     pub last_result: Option<String>,
     pub last_error: Option<String>,
@@ -171,6 +175,11 @@ impl Progress {
             finished_at,
             ..Record::default()
         };
+    }
+
+    /// The run is a lock holder's (`exec`), not the service's.
+    pub fn set_owner(&mut self, owner: Owner) {
+        self.record.owner = Some(owner);
     }
 
     /// Apply one parser event. Returns whether the record changed. (Compares only what the
@@ -233,6 +242,7 @@ impl Progress {
         let (state, result, error) = match outcome {
             Outcome::Ok => (State::Idle, "ok", None),
             Outcome::Cancelled => (State::Idle, "cancelled", None),
+            Outcome::Interrupted => (State::Idle, "interrupted", None),
             Outcome::Failed(reason) => (State::Failed, "failed", Some(reason.clone())),
         };
         let r = &mut self.record;

@@ -19,6 +19,9 @@ pub struct AccountState {
     pub last_result: Option<String>,
     pub last_error: Option<String>,
     pub finished_at: Option<u64>,
+    /// Its sync was stopped by the service's shutdown: the next start resumes it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub interrupted: bool,
 }
 
 /// The whole state file.
@@ -104,7 +107,12 @@ mod tests {
         let mut s = State::default();
         s.accounts.insert(
             "alice".into(),
-            AccountState { last_result: Some("ok".into()), last_error: None, finished_at: Some(7) },
+            AccountState {
+                last_result: Some("ok".into()),
+                last_error: None,
+                finished_at: Some(7),
+                interrupted: false,
+            },
         );
         s
     }

@@ -56,6 +56,11 @@ pub async fn run(settings: Settings) -> Result<(), DaemonError> {
         Err(err) => return Err(err.into()),
     }
     tracing::info!("serving {BUS_NAME}");
+    super::follow::start(&conn, core.clone()).await?;
+    core.scan_bare();
+    tokio::spawn(crate::detect::watch(core.clone()));
+    let resume = core.clone();
+    tokio::spawn(async move { resume.resume_interrupted().await });
 
     let mut term = unix::signal(unix::SignalKind::terminate())?;
     let mut int = unix::signal(unix::SignalKind::interrupt())?;

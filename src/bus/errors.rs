@@ -33,6 +33,8 @@ impl From<Error> for SyncError {
             Error::AlreadySyncing { .. } => Self::AlreadySyncing(text),
             Error::LockedElsewhere { .. } => Self::LockedElsewhere(text),
             Error::NotRunning { .. } => Self::NotRunning(text),
+            Error::HandoffTimeout { .. } => Self::HandoffTimeout(text),
+            Error::HandoffRefused { .. } => Self::HandoffRefused(text),
             Error::MbsyncMissing { .. } => Self::MbsyncMissing(text),
             Error::MbsyncFailed { .. } => Self::MbsyncFailed(text),
             Error::ConfigError(_) => Self::ConfigError(text),

@@ -5,6 +5,8 @@
 pub mod account;
 pub mod daemon;
 pub mod errors;
+pub mod follow;
+pub mod holder;
 pub mod lock;
 pub mod record;
 pub mod service;

@@ -13,7 +13,7 @@ use crate::{
 /// The wire form of a progress record.
 pub type Dict = HashMap<String, OwnedVariant>;
 
-fn v<'a>(value: impl Into<Variant<'a>>) -> OwnedVariant {
+pub(crate) fn v<'a>(value: impl Into<Variant<'a>>) -> OwnedVariant {
     // Only file descriptors fail to convert, and a record holds none.
     OwnedVariant::try_from(value.into()).expect("plain values always convert")
 }
@@ -44,6 +44,9 @@ pub fn to_dict(r: &Record) -> Dict {
     let mut d = Dict::new();
     d.insert("state".into(), v(r.state.as_str()));
     d.insert("stuck".into(), v(r.stuck));
+    if r.state == crate::progress::State::External {
+        d.insert("overdue".into(), v(r.overdue));
+    }
     let mut put = |k: &str, value: Option<OwnedVariant>| {
         if let Some(value) = value {
             d.insert(k.to_owned(), value);
@@ -70,6 +73,49 @@ pub fn to_dict(r: &Record) -> Dict {
     side(&mut d, "far", r.far);
     side(&mut d, "near", r.near);
     d
+}
+
+/// Decode a record a lock holder published. Unknown keys and values of the wrong type are
+/// ignored: a third-party holder cannot make the service fail.
+#[must_use]
+pub fn from_dict(d: &Dict) -> Record {
+    let string = |k: &str| d.get(k).and_then(|v| String::try_from(v.try_clone().ok()?).ok());
+    let u32_ = |k: &str| d.get(k).and_then(|v| u32::try_from(v.try_clone().ok()?).ok());
+    let u64_ = |k: &str| d.get(k).and_then(|v| u64::try_from(v.try_clone().ok()?).ok());
+    let f64_ = |k: &str| d.get(k).and_then(|v| f64::try_from(v.try_clone().ok()?).ok());
+    let counter = |k: &str| {
+        Some(Counter {
+            done: u64::from(u32_(&format!("{k}_done"))?),
+            total: u64::from(u32_(&format!("{k}_total"))?),
+        })
+    };
+    let side = |k: &str| {
+        Some(SideCounters {
+            new: counter(&format!("{k}_new"))?,
+            flags: counter(&format!("{k}_flags")).unwrap_or_default(),
+            trashed: counter(&format!("{k}_trashed")).unwrap_or_default(),
+            expunged: counter(&format!("{k}_expunged")),
+        })
+    };
+    Record {
+        pid: u32_("pid"),
+        command: d.get("command").and_then(|v| Vec::<String>::try_from(v.try_clone().ok()?).ok()),
+        started_at: u64_("started_at"),
+        last_update: u64_("last_update"),
+        channel: string("channel"),
+        mailbox: string("mailbox"),
+        operation: string("operation"),
+        rate: f64_("rate"),
+        eta_s: u32_("eta_s").map(u64::from),
+        percent: f64_("percent"),
+        stuck: d.get("stuck").and_then(|v| bool::try_from(v.try_clone().ok()?).ok()).unwrap_or(false),
+        channels: counter("channels"),
+        boxes: counter("boxes"),
+        messages: counter("messages"),
+        far: side("far"),
+        near: side("near"),
+        ..Record::default()
+    }
 }
 
 #[cfg(test)]
@@ -102,5 +148,27 @@ mod tests {
         assert!(!d.contains_key("far_expunged_done"), "1.4 has no expunge counter");
         let cmd: Vec<String> = d["command"].try_clone().unwrap().try_into().unwrap();
         assert_eq!(cmd, ["mbsync", "alice"]);
+    }
+
+    #[test]
+    fn a_relayed_record_round_trips_its_progress() {
+        let mut p = Progress::new();
+        p.start(7, vec!["mbsync".into(), "alice".into()], 10);
+        let mut r = p.record().clone();
+        r.messages = Some(Counter { done: 15, total: 98 });
+        r.near = Some(SideCounters { new: Counter { done: 15, total: 98 }, ..SideCounters::default() });
+        r.mailbox = Some("INBOX".into());
+        let back = from_dict(&to_dict(&r));
+        assert_eq!(back.messages, r.messages);
+        assert_eq!(back.near, r.near);
+        assert_eq!((back.pid, back.mailbox.as_deref()), (Some(7), Some("INBOX")));
+        assert_eq!(back.command, r.command);
+        // Owner and state are the relayer's business, not the holder's.
+        assert_eq!(back.state, State::Idle);
+        // Garbage is ignored, never a panic.
+        let mut bad = Dict::new();
+        bad.insert("pid".into(), v("seven"));
+        bad.insert("messages_done".into(), v(3u32));
+        assert_eq!(from_dict(&bad), Record::default());
     }
 }

@@ -7,9 +7,22 @@ use zbus::{interface, object_server::SignalEmitter};
 use super::{
     errors::SyncError,
     lock::BusLocks,
-    record::{Dict, to_dict},
+    record::{Dict, to_dict, v},
 };
-use crate::core::Core;
+use crate::core::{Core, Stopped};
+
+/// What `TakeOver` and `RequestHandoff` answer.
+fn stopped_dict(s: &Stopped) -> Dict {
+    let mut d = Dict::new();
+    if let Some(pid) = s.pid {
+        d.insert("stopped_pid".into(), v(pid));
+    }
+    d.insert("stopped_owner".into(), v(s.owner.as_str()));
+    d.insert("stopped_command".into(), v(s.command.clone()));
+    d.insert("stopped_runtime_s".into(), v(s.runtime_s));
+    d.insert("restarted".into(), v(s.restarted.clone()));
+    d
+}
 
 /// The main interface.
 pub struct Service {
@@ -34,6 +47,19 @@ impl Service {
     /// Stop the service's own sync of the account safely.
     fn cancel(&self, account: &str) -> Result<(), SyncError> {
         Ok(self.core.cancel(account)?)
+    }
+
+    /// Stop whatever syncs the account outside the service (a lock holder or a bare mbsync),
+    /// wait until it is gone, and restart the same scope supervised. Returns what was stopped.
+    async fn take_over(&self, account: &str) -> Result<Dict, SyncError> {
+        Ok(stopped_dict(&self.core.take_over(account).await?))
+    }
+
+    /// Ask the holder of the account's locks to hand over gracefully, then restart its scope
+    /// here. Nothing is killed; on timeout the holder keeps its locks.
+    async fn request_handoff(&self, account: &str, timeout_ms: u32) -> Result<Dict, SyncError> {
+        let timeout = std::time::Duration::from_millis(u64::from(timeout_ms));
+        Ok(stopped_dict(&self.core.request_handoff(account, timeout).await?))
     }
 
     /// The account's progress record.

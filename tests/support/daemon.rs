@@ -209,3 +209,24 @@ pub fn error_name<T: std::fmt::Debug>(result: Result<T, himalaya_sync::bus::erro
         Err(err) => zbus::DBusError::name(&err).to_string(),
     }
 }
+
+/// Start `himalaya-sync exec ARGS` (a lock holder) on `bus` with the test bed's environment.
+pub fn spawn_exec(bus: Option<&str>, env: &[(String, String)], args: &[&str]) -> super::Spawned {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("exec")
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HIMALAYA_SYNC_LOG", "himalaya_sync=debug")
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    if let Some(bus) = bus {
+        cmd.env("DBUS_SESSION_BUS_ADDRESS", bus);
+    }
+    super::Spawned::spawn(&format!("himalaya-sync exec {}", args.join(" ")), &mut cmd)
+}
+
+/// The owner (unique name) of a bus name, if any.
+pub async fn name_owner(conn: &Connection, name: &str) -> Option<String> {
+    let dbus = DBusProxy::new(conn).await.unwrap();
+    dbus.get_name_owner(BusName::try_from(name.to_owned()).unwrap()).await.ok().map(|o| o.to_string())
+}

@@ -13,6 +13,7 @@ pub mod dovecot;
 pub mod mail;
 pub mod process;
 pub mod proxy;
+pub mod sampler;
 pub mod testbed;
 
 use std::time::{Duration, Instant};

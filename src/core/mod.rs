@@ -10,7 +10,18 @@
 //! that reacts to `SyncFinished` by syncing again never meets its own stale lock.
 //!
 //! Channels, not accounts, are what may not be synced twice: a group shares channels with its
-//! members, so `busy` maps every channel of every running sync to the account that runs it.
+//! members, so `busy` maps every channel of every running sync (or one being taken over) to the
+//! account that runs it.
+//!
+//! Syncs the service does not run are *external* ([`external`]): a lock holder (an `exec`) or a
+//! bare mbsync. An account that shares a channel with one shows it (`state = external`).
+//! [`takeover`] stops them and restarts their scope under the service.
+
+mod external;
+mod takeover;
+
+pub use external::ExternalKey;
+pub use takeover::Stopped;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -20,12 +31,7 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
-use nix::sys::signal::Signal;
-use tokio::{
-    sync::mpsc,
-    task::JoinHandle,
-    time::{Instant, sleep_until},
-};
+use tokio::{sync::mpsc, task::JoinHandle};
 
 use crate::{
     config::{self, Config, Paths},
@@ -33,11 +39,10 @@ use crate::{
     foreign,
     mbsyncrc::{self, MbsyncConfig},
     names,
-    parser::Parser,
     progress::{Outcome, Progress, Record},
-    runner::{Mbsync, Output},
+    run::{self, Stop},
+    runner::Mbsync,
     state,
-    throttle::{self, Decision, Throttle},
 };
 
 /// What the core tells the outside world.
@@ -62,12 +67,45 @@ pub enum LockError {
     Failed(String),
 }
 
+/// Another program that holds channel locks (an `exec`, a third-party client).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Holder {
+    /// Its bus connection (unique name).
+    pub id: String,
+    /// Its process, as the bus knows it.
+    pub pid: Option<u32>,
+}
+
+/// Why a graceful handoff did not happen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HandoffError {
+    /// The holder said no (or cannot be asked); its reason.
+    Refused(String),
+    /// The names did not come within the timeout; the holder keeps them.
+    Timeout,
+    /// The bus failed.
+    Failed(String),
+}
+
 /// The single-sync lock, per channel. The bus layer implements it with bus-name ownership.
 pub trait Locks: Send + Sync + 'static {
     /// Take the lock of every channel, in order; all of them or none.
     fn acquire(&self, channels: &[String]) -> impl Future<Output = Result<(), LockError>> + Send;
     /// Give them back.
     fn release(&self, channels: &[String]) -> impl Future<Output = ()> + Send;
+    /// Who else holds these channels' locks now (free ones and our own are left out).
+    fn holders(&self, channels: &[String]) -> impl Future<Output = BTreeMap<String, Holder>> + Send;
+    /// Take the locks from whoever holds them (a forced takeover); all of them or none.
+    fn replace(&self, channels: &[String]) -> impl Future<Output = Result<(), LockError>> + Send;
+    /// Queue for the locks, ask `holder` to hand them over, and wait until every one is ours,
+    /// at most `timeout`. On failure nothing is held and the queue is left.
+    fn handoff(
+        &self,
+        channels: &[String],
+        holder: &Holder,
+        account: &str,
+        timeout: std::time::Duration,
+    ) -> impl Future<Output = Result<(), HandoffError>> + Send;
 }
 
 /// Everything the core is configured with.
@@ -103,6 +141,8 @@ struct Inner {
     accounts: BTreeMap<String, Slot>,
     /// channel -> the account whose run holds it.
     busy: BTreeMap<String, String>,
+    /// Syncs running outside the service.
+    externals: BTreeMap<ExternalKey, external::External>,
     state: state::State,
     store: state::Store,
     /// Set by `shutdown`: no new run may start.
@@ -113,11 +153,22 @@ struct Inner {
 struct Slot {
     progress: Progress,
     run: Option<RunHandle>,
+    /// The channels the account stands for, as of the last good config read.
+    channels: Vec<String>,
 }
 
 struct RunHandle {
-    stop: mpsc::UnboundedSender<()>,
+    stop: mpsc::UnboundedSender<Stop>,
     task: Option<JoinHandle<()>>,
+}
+
+/// What a run syncs: the account whose record shows it, mbsync's positional arguments, and the
+/// channels (sorted, unique) whose locks it holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Scope {
+    account: String,
+    args: Vec<String>,
+    channels: Vec<String>,
 }
 
 fn now_us() -> u64 {
@@ -134,6 +185,7 @@ impl<L: Locks> Core<L> {
             mbsync: Err(String::new()),
             accounts: BTreeMap::new(),
             busy: BTreeMap::new(),
+            externals: BTreeMap::new(),
             state,
             store,
             shutting_down: false,
@@ -168,6 +220,18 @@ impl<L: Locks> Core<L> {
         }
     }
 
+    /// The mbsync config as last read, if it was good.
+    #[must_use]
+    pub fn mbsync_config(&self) -> Option<MbsyncConfig> {
+        self.inner().mbsync.as_ref().ok().cloned()
+    }
+
+    /// What the core was configured with.
+    #[must_use]
+    pub fn settings(&self) -> &Settings {
+        &self.shared.settings
+    }
+
     /// Names a user can sync.
     ///
     /// # Errors
@@ -192,11 +256,10 @@ impl<L: Locks> Core<L> {
     pub fn progress(&self, account: &str) -> Result<Record> {
         validate_name(account)?;
         let mut inner = self.inner();
-        if let Some(slot) = inner.accounts.get(account) {
-            return Ok(slot.progress.record().clone());
+        if !inner.accounts.contains_key(account) {
+            self.lookup(&mut inner, account)?;
         }
-        self.lookup(&mut inner, account)?;
-        Ok(inner.accounts[account].progress.record().clone())
+        Ok(inner.view(account, now_us(), self.overdue_after()))
     }
 
     /// Every account's record, after re-reading the config.
@@ -210,7 +273,13 @@ impl<L: Locks> Core<L> {
     /// reacting to [`CoreEvent::AccountsChanged`], which a re-read just produced).
     #[must_use]
     pub fn records(&self) -> BTreeMap<String, Record> {
-        self.inner().accounts.iter().map(|(k, v)| (k.clone(), v.progress.record().clone())).collect()
+        let inner = self.inner();
+        let now = now_us();
+        inner.accounts.keys().map(|k| (k.clone(), inner.view(k, now, self.overdue_after()))).collect()
+    }
+
+    fn overdue_after(&self) -> u64 {
+        self.shared.settings.config.auto_takeover_timeout.saturating_mul(1_000_000)
     }
 
     /// Validate `account` and return the channels it stands for.
@@ -230,6 +299,13 @@ impl<L: Locks> Core<L> {
         }
     }
 
+    fn unreserve(&self, channels: &[String]) {
+        let mut inner = self.inner();
+        for channel in channels {
+            inner.busy.remove(channel);
+        }
+    }
+
     /// Start a supervised sync of `account`. Returns once mbsync runs; the end comes as
     /// [`CoreEvent::Finished`].
     ///
@@ -238,72 +314,59 @@ impl<L: Locks> Core<L> {
     /// (`AlreadySyncing`) or elsewhere (`LockedElsewhere`), mbsync missing, or mbsync could not
     /// be started.
     pub async fn sync(&self, account: &str) -> Result<()> {
-        let mut channels = {
+        let scope = {
             let mut inner = self.inner();
-            let channels = self.lookup(&mut inner, account)?;
-            if inner.shutting_down {
-                return Err(shutting_down(account));
-            }
-            if let Some((channel, _)) = channels.iter().find_map(|c| inner.busy.get_key_value(c)) {
-                return Err(Error::AlreadySyncing { account: account.into(), channel: channel.clone() });
-            }
-            // Reserve the channels before the first await: a concurrent Sync sees them busy.
-            for channel in &channels {
-                inner.busy.insert(channel.clone(), account.to_owned());
-            }
-            channels
+            let mut channels = self.lookup(&mut inner, account)?;
+            // Sorted, so two group syncs always take shared channels in the same order.
+            channels.sort();
+            channels.dedup();
+            inner.reserve(account, &channels)?;
+            Scope { account: account.to_owned(), args: vec![account.to_owned()], channels }
         };
-        // Sorted, so two group syncs always take shared channels in the same order.
-        channels.sort();
-        channels.dedup();
-        let result = self.start(account, &channels).await;
+        let result = self.start(&scope, false).await;
         if result.is_err() {
-            let mut inner = self.inner();
-            for channel in &channels {
-                inner.busy.remove(channel);
-            }
+            self.unreserve(&scope.channels);
         }
         result
     }
 
-    async fn start(&self, account: &str, channels: &[String]) -> Result<()> {
+    /// Start mbsync for `scope`, whose channels are reserved; with `locked`, their locks are
+    /// already ours (a takeover or handoff took them).
+    async fn start(&self, scope: &Scope, locked: bool) -> Result<()> {
+        let (account, channels) = (scope.account.as_str(), scope.channels.as_slice());
         let settings = &self.shared.settings;
         let path_var = std::env::var_os("PATH");
-        let program =
-            config::find_program(&settings.config.mbsync, path_var.as_deref()).ok_or_else(|| {
-                Error::MbsyncMissing {
-                    program: settings.config.mbsync.display().to_string(),
-                    config: settings.paths.config_file(),
-                }
-            })?;
-        self.shared.locks.acquire(channels).await.map_err(|err| match err {
-            LockError::Elsewhere { channel, holder } => {
-                Error::LockedElsewhere { account: account.into(), channel, holder }
+        let missing =
+            |program: String| Error::MbsyncMissing { program, config: settings.paths.config_file() };
+        let Some(program) = config::find_program(&settings.config.mbsync, path_var.as_deref()) else {
+            if locked {
+                self.shared.locks.release(channels).await;
             }
-            LockError::Failed(reason) => Error::MbsyncFailed {
-                account: account.into(),
-                reason: format!("mbsync was not started: the sync lock could not be taken: {reason}"),
-            },
-        })?;
-        if let Err(err) = self.check_after_locking(account, channels) {
+            return Err(missing(settings.config.mbsync.display().to_string()));
+        };
+        if !locked {
+            self.shared.locks.acquire(channels).await.map_err(|err| match err {
+                LockError::Elsewhere { channel, holder } => {
+                    Error::LockedElsewhere { account: account.into(), channel, holder }
+                }
+                LockError::Failed(reason) => Error::MbsyncFailed {
+                    account: account.into(),
+                    reason: format!("mbsync was not started: the sync lock could not be taken: {reason}"),
+                },
+            })?;
+        }
+        if let Err(err) = self.check_after_locking(scope) {
             self.shared.locks.release(channels).await;
             return Err(err);
         }
-        let args = vec![
-            "-c".to_owned(),
-            settings.mbsync_config.display().to_string(),
-            "-V".to_owned(),
-            account.to_owned(),
-        ];
+        let mut args = vec!["-c".to_owned(), settings.mbsync_config.display().to_string(), "-V".to_owned()];
+        args.extend(scope.args.iter().cloned());
         let mbsync = match Mbsync::spawn(&program, &args) {
             Ok(mbsync) => mbsync,
             Err(err) => {
                 self.shared.locks.release(channels).await;
                 return Err(if err.kind() == std::io::ErrorKind::NotFound {
-                    Error::MbsyncMissing {
-                        program: program.display().to_string(),
-                        config: settings.paths.config_file(),
-                    }
+                    missing(program.display().to_string())
                 } else {
                     Error::MbsyncFailed {
                         account: account.into(),
@@ -324,7 +387,7 @@ impl<L: Locks> Core<L> {
             slot.progress.record().clone()
         };
         self.emit(CoreEvent::Progress { account: account.into(), record: Box::new(record) });
-        let task = tokio::spawn(self.clone().drive(account.to_owned(), channels.to_vec(), mbsync, stop_rx));
+        let task = tokio::spawn(self.clone().run_task(scope.clone(), mbsync, stop_rx));
         if let Some(run) = self.inner().accounts.get_mut(account).and_then(|s| s.run.as_mut()) {
             run.task = Some(task);
         }
@@ -334,7 +397,8 @@ impl<L: Locks> Core<L> {
     /// With the locks held, the last checks before mbsync starts: no shutdown under way, the
     /// config still maps the account to the channels just locked (it may have been edited
     /// meanwhile), and no bare mbsync (one that holds no lock name) syncs any of them.
-    fn check_after_locking(&self, account: &str, channels: &[String]) -> Result<()> {
+    fn check_after_locking(&self, scope: &Scope) -> Result<()> {
+        let account = scope.account.as_str();
         let config = {
             let mut inner = self.inner();
             if inner.shutting_down {
@@ -342,27 +406,24 @@ impl<L: Locks> Core<L> {
             }
             self.reload(&mut inner);
             let config = inner.mbsync.as_ref().map_err(|e| Error::ConfigError(e.clone()))?;
-            let mut now = config.channels_of(account).unwrap_or_default();
-            now.sort();
-            now.dedup();
-            if now != channels {
+            let missing = scope.channels.iter().find(|c| config.channel(c).is_none());
+            let same = match scope.args.as_slice() {
+                [name] if name == account => {
+                    let mut now = config.channels_of(account).unwrap_or_default();
+                    now.sort();
+                    now.dedup();
+                    now == scope.channels
+                }
+                _ => missing.is_none(),
+            };
+            if !same {
                 return Err(Error::ConfigError(format!(
                     "the mbsync config changed while the sync of {account:?} was starting; try again"
                 )));
             }
             config.clone()
         };
-        let uid = nix::unistd::getuid().as_raw();
-        let settings = &self.shared.settings;
-        let search = foreign::Search {
-            channels,
-            config: &config,
-            config_path: &settings.mbsync_config,
-            default_config_path: &settings.paths.mbsync_config(None),
-            uid,
-            own_pid: std::process::id(),
-        };
-        match foreign::find(&search) {
+        match self.find_bare(&config, &scope.channels) {
             Some(found) => Err(Error::LockedElsewhere {
                 account: account.into(),
                 channel: found.channel,
@@ -370,6 +431,20 @@ impl<L: Locks> Core<L> {
             }),
             None => Ok(()),
         }
+    }
+
+    /// A bare mbsync of this user and config that syncs one of `channels`.
+    fn find_bare(&self, config: &MbsyncConfig, channels: &[String]) -> Option<foreign::Found> {
+        let settings = &self.shared.settings;
+        let search = foreign::Search {
+            channels,
+            config,
+            config_path: &settings.mbsync_config,
+            default_config_path: &settings.paths.mbsync_config(None),
+            uid: crate::process::my_uid(),
+            own_pid: std::process::id(),
+        };
+        foreign::find(&search)
     }
 
     /// Stop the service's own sync of `account` safely (SIGTERM, then SIGKILL after the grace
@@ -382,7 +457,7 @@ impl<L: Locks> Core<L> {
         let mut inner = self.inner();
         // A running sync can be stopped even if its account vanished from a (broken) config.
         if let Some(run) = inner.accounts.get(account).and_then(|s| s.run.as_ref()) {
-            return if run.stop.send(()).is_ok() {
+            return if run.stop.send(Stop::Cancel).is_ok() {
                 Ok(())
             } else {
                 Err(Error::NotRunning { account: account.into() })
@@ -390,7 +465,7 @@ impl<L: Locks> Core<L> {
         }
         self.lookup(&mut inner, account)?;
         match inner.accounts.get(account).and_then(|s| s.run.as_ref()) {
-            Some(run) if run.stop.send(()).is_ok() => Ok(()),
+            Some(run) if run.stop.send(Stop::Cancel).is_ok() => Ok(()),
             _ => Err(Error::NotRunning { account: account.into() }),
         }
     }
@@ -402,7 +477,8 @@ impl<L: Locks> Core<L> {
         let _ = rx.await;
     }
 
-    /// Stop every run and wait until each is reaped and its locks released.
+    /// Stop every run and wait until each is reaped and its locks released. The runs stopped
+    /// here are recorded as interrupted, and [`Core::resume_interrupted`] restarts them.
     pub async fn shutdown(&self) {
         let tasks: Vec<JoinHandle<()>> = {
             let mut inner = self.inner();
@@ -412,7 +488,7 @@ impl<L: Locks> Core<L> {
                 .values_mut()
                 .filter_map(|slot| {
                     let run = slot.run.as_mut()?;
-                    let _ = run.stop.send(());
+                    let _ = run.stop.send(Stop::Shutdown);
                     run.task.take()
                 })
                 .collect()
@@ -424,80 +500,41 @@ impl<L: Locks> Core<L> {
         }
     }
 
-    /// The run task: see the module docs.
-    async fn drive(
-        self,
-        account: String,
-        channels: Vec<String>,
-        mut mbsync: Mbsync,
-        mut stop: mpsc::UnboundedReceiver<()>,
-    ) {
-        let grace = self.shared.settings.config.stop_grace();
-        let mut parser = Parser::new();
-        let mut events = Vec::new();
-        let mut throttle = Throttle::new(throttle::DEFAULT_INTERVAL);
-        let mut publish_at: Option<Instant> = None;
-        let mut kill_at: Option<Instant> = None;
-        let mut cancelled = false;
-        // The first state went out in `start`.
-        throttle.sent(Instant::now().into_std());
-        let exit = loop {
-            tokio::select! {
-                out = mbsync.next() => match out {
-                    Output::Stdout(bytes) => {
-                        parser.feed(&bytes, &mut events);
-                        if self.apply(&account, &mut events) {
-                            match throttle.changed(Instant::now().into_std()) {
-                                Decision::Send => self.publish(&account),
-                                Decision::SendAt(at) => publish_at = Some(at.into()),
-                                Decision::Pending => {}
-                            }
-                        }
-                        mbsync.set_paced(publish_at.is_some());
-                    }
-                    Output::Exited(exit) => {
-                        parser.finish(&mut events);
-                        self.apply(&account, &mut events);
-                        break exit;
-                    }
-                },
-                () = sleep_until(publish_at.unwrap_or_else(Instant::now)), if publish_at.is_some() => {
-                    publish_at = None;
-                    mbsync.set_paced(false);
-                    throttle.fired(Instant::now().into_std());
-                    self.publish(&account);
-                }
-                Some(()) = stop.recv(), if !cancelled => {
-                    cancelled = true;
-                    tracing::info!(account, pid = mbsync.pid(), "stopping sync");
-                    mbsync.signal(Signal::SIGTERM);
-                    kill_at = Some(Instant::now() + grace);
-                    self.with_slot(&account, |slot| slot.progress.stopping(now_us()));
-                    throttle.sent(Instant::now().into_std());
-                    publish_at = None;
-                    mbsync.set_paced(false);
-                    self.publish(&account);
-                }
-                () = sleep_until(kill_at.unwrap_or_else(Instant::now)), if kill_at.is_some() => {
-                    kill_at = None;
-                    tracing::warn!(account, pid = mbsync.pid(), "mbsync ignored SIGTERM; killing it");
-                    mbsync.signal(Signal::SIGKILL);
+    /// Restart the syncs an earlier shutdown interrupted (mbsync's journal makes that exact).
+    pub async fn resume_interrupted(&self) {
+        let accounts: Vec<String> = {
+            let mut inner = self.inner();
+            let names: Vec<String> =
+                inner.state.accounts.iter().filter(|(_, s)| s.interrupted).map(|(n, _)| n.clone()).collect();
+            for name in &names {
+                if let Some(s) = inner.state.accounts.get_mut(name) {
+                    // Resumed once: a resume that cannot start is not retried at every start.
+                    s.interrupted = false;
                 }
             }
+            names
         };
-        let outcome = if exit.success() {
-            Outcome::Ok
-        } else if cancelled {
-            Outcome::Cancelled
-        } else {
-            Outcome::Failed(exit.reason())
-        };
+        for account in accounts {
+            match self.sync(&account).await {
+                Ok(()) => tracing::info!(account, "resumed a sync interrupted by the last shutdown"),
+                Err(err) => tracing::warn!(account, %err, "cannot resume an interrupted sync"),
+            }
+        }
+    }
+
+    /// The run task: see the module docs.
+    async fn run_task(self, scope: Scope, mut mbsync: Mbsync, mut stop: mpsc::UnboundedReceiver<Stop>) {
+        let account = scope.account.clone();
+        let grace = self.shared.settings.config.stop_grace();
+        let sink = CoreSink { core: &self, account: &account };
+        let ended = run::drive(&mut mbsync, &sink, &mut stop, grace).await;
+        let outcome = ended.outcome();
         tracing::info!(account, ?outcome, "sync ended");
         // Reaped: now the locks may go, and only then does the world hear of the end.
-        self.shared.locks.release(&channels).await;
+        self.shared.locks.release(&scope.channels).await;
         let (record, state) = {
             let mut inner = self.inner();
-            for channel in &channels {
+            for channel in &scope.channels {
                 inner.busy.remove(channel);
             }
             let slot = inner.accounts.entry(account.clone()).or_default();
@@ -510,6 +547,7 @@ impl<L: Locks> Core<L> {
                     last_result: record.last_result.clone(),
                     last_error: record.last_error.clone(),
                     finished_at: record.finished_at,
+                    interrupted: ended.stopped == Some(Stop::Shutdown) && outcome == Outcome::Interrupted,
                 },
             );
             (record, (inner.state.clone(), inner.store.clone()))
@@ -523,6 +561,9 @@ impl<L: Locks> Core<L> {
         let (ok, message) = match outcome {
             Outcome::Ok => (true, "sync finished".to_owned()),
             Outcome::Cancelled => (false, "sync cancelled".to_owned()),
+            Outcome::Interrupted => {
+                (false, "sync interrupted; it resumes when the service is back".to_owned())
+            }
             Outcome::Failed(reason) => (false, reason),
         };
         self.emit(CoreEvent::Finished { account, ok, message });
@@ -543,7 +584,7 @@ impl<L: Locks> Core<L> {
         let Some(account) = inner.busy.get(channel) else { return };
         if let Some(run) = inner.accounts.get(account).and_then(|s| s.run.as_ref()) {
             tracing::warn!(account, channel, "lost the lock of a running sync; stopping it");
-            let _ = run.stop.send(());
+            let _ = run.stop.send(Stop::LockLost);
         }
     }
 
@@ -565,6 +606,57 @@ impl<L: Locks> Core<L> {
     fn publish(&self, account: &str) {
         let record = self.with_slot(account, |slot| slot.progress.record().clone());
         self.emit(CoreEvent::Progress { account: account.to_owned(), record: Box::new(record) });
+    }
+}
+
+/// A run's progress goes into its account's slot and out as [`CoreEvent::Progress`].
+struct CoreSink<'a, L: Locks> {
+    core: &'a Core<L>,
+    account: &'a str,
+}
+
+impl<L: Locks> run::Sink for CoreSink<'_, L> {
+    fn apply(&self, events: &mut Vec<crate::parser::Event>) -> bool {
+        self.core.apply(self.account, events)
+    }
+
+    fn stopping(&self) {
+        self.core.with_slot(self.account, |slot| slot.progress.stopping(now_us()));
+    }
+
+    fn publish(&self) {
+        self.core.publish(self.account);
+    }
+}
+
+impl Inner {
+    /// Mark `channels` busy for `account` before the first await, so a concurrent `Sync` or
+    /// `TakeOver` sees them taken.
+    fn reserve(&mut self, account: &str, channels: &[String]) -> Result<()> {
+        if self.shutting_down {
+            return Err(shutting_down(account));
+        }
+        if let Some((channel, _)) = channels.iter().find_map(|c| self.busy.get_key_value(c)) {
+            return Err(Error::AlreadySyncing { account: account.into(), channel: channel.clone() });
+        }
+        for channel in channels {
+            self.busy.insert(channel.clone(), account.to_owned());
+        }
+        Ok(())
+    }
+
+    /// The record an account shows: its own run's, else that of an external sync sharing one of
+    /// its channels, else its own last state.
+    fn view(&self, account: &str, now: u64, overdue_after: u64) -> Record {
+        let Some(slot) = self.accounts.get(account) else { return Record::default() };
+        let own = slot.progress.record();
+        if slot.run.is_some() {
+            return own.clone();
+        }
+        match self.externals.values().find(|e| slot.channels.iter().any(|c| e.channels.contains(c))) {
+            Some(external) => external.record(own, now, overdue_after),
+            None => own.clone(),
+        }
     }
 }
 
@@ -590,13 +682,18 @@ fn reload_into(inner: &mut Inner, path: &std::path::Path) {
     inner.accounts.retain(|name, slot| names.contains(name) || slot.run.is_some());
     for name in names {
         let state = inner.state.accounts.get(&name).cloned();
-        inner.accounts.entry(name).or_insert_with(|| {
-            let mut slot = Slot::default();
-            if let Some(s) = state {
-                slot.progress.restore_last(s.last_result, s.last_error, s.finished_at);
-            }
-            slot
-        });
+        let channels = config.channels_of(&name).unwrap_or_default();
+        inner
+            .accounts
+            .entry(name)
+            .or_insert_with(|| {
+                let mut slot = Slot::default();
+                if let Some(s) = state {
+                    slot.progress.restore_last(s.last_result, s.last_error, s.finished_at);
+                }
+                slot
+            })
+            .channels = channels;
     }
     inner.mbsync = parsed;
 }

@@ -1,0 +1,265 @@
+//! Finds bare mbsync runs (cron, a shell, an old plugin) the moment they start, without polling.
+//!
+//! mbsync takes an fcntl lock on `<state>.lock` for every box it opens: `.mbsyncstate.lock` in
+//! the near Maildir box with `SyncState *`, else `<SyncState dir>/<stores and boxes>.lock`. One
+//! inotify instance watches those directories for opens; an open of a `*.lock` names its holder
+//! through the kernel's lock table (/proc/locks), and /proc then confirms it is this user's mbsync
+//! with this config and says which channels its arguments sync. The core holds it by a pidfd from
+//! then on, so its end is seen at once too. Idle, nothing here wakes.
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+};
+
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
+use tokio::io::unix::AsyncFd;
+
+use crate::{
+    core::{Core, Locks},
+    foreign::{self, Synced},
+    mbsyncrc::{MbsyncConfig, StoreKind},
+    process::ProcInfo,
+};
+
+/// Where mbsync creates its lock files for `config`'s channels: directories to watch, with the
+/// channels whose locks appear there. `home` and `state_home` expand `~` and mbsync's defaults.
+#[must_use]
+pub fn lock_places(
+    config: &MbsyncConfig,
+    home: &Path,
+    state_home: &Path,
+) -> Vec<(PathBuf, BTreeSet<String>)> {
+    let expand = |p: &str| match p.strip_prefix("~/") {
+        Some(rest) => home.join(rest),
+        None if p == "~" => home.to_owned(),
+        None => PathBuf::from(p),
+    };
+    let mut places: Vec<(PathBuf, BTreeSet<String>)> = Vec::new();
+    let mut add = |dir: PathBuf, channel: &str| match places.iter_mut().find(|(d, _)| *d == dir) {
+        Some((_, set)) => {
+            set.insert(channel.to_owned());
+        }
+        None => places.push((dir, BTreeSet::from([channel.to_owned()]))),
+    };
+    for channel in &config.channels {
+        match channel.sync_state.as_deref().or(config.sync_state.as_deref()) {
+            Some("*") => {
+                // In the near Maildir box itself: the store's root holds the boxes.
+                let store = channel.near.as_deref().and_then(|n| config.store(n));
+                if let Some(store) = store.filter(|s| s.kind == StoreKind::Maildir) {
+                    if let Some(path) = &store.path {
+                        add(expand(path), &channel.name);
+                    }
+                    if let Some(inbox) = &store.inbox {
+                        add(expand(inbox), &channel.name);
+                    }
+                }
+            }
+            Some(prefix) => {
+                // A path prefix: the locks are files in its directory.
+                let path = expand(prefix);
+                let dir = if prefix.ends_with('/') {
+                    path
+                } else {
+                    path.parent().map(Path::to_owned).unwrap_or(path)
+                };
+                add(dir, &channel.name);
+            }
+            None => {
+                // mbsync's default: ~/.mbsync/ (1.5 prefers $XDG_STATE_HOME/isync/ when it exists).
+                add(home.join(".mbsync"), &channel.name);
+                add(state_home.join("isync"), &channel.name);
+            }
+        }
+    }
+    places
+}
+
+/// The PID holding a POSIX lock on `path`, from the kernel's lock table.
+#[must_use]
+pub fn lock_owner(path: &Path) -> Option<u32> {
+    let meta = std::fs::metadata(path).ok()?;
+    let dev = meta.dev();
+    let (major, minor) = (nix::sys::stat::major(dev), nix::sys::stat::minor(dev));
+    procfs::locks().ok()?.into_iter().find_map(|lock| {
+        (lock.inode == meta.ino() && u64::from(lock.devmaj) == major && u64::from(lock.devmin) == minor)
+            .then_some(lock.pid)
+            .flatten()
+            .and_then(|pid| u32::try_from(pid).ok())
+    })
+}
+
+/// Every bare mbsync of `uid` with the service's config that syncs one of `channels`: its
+/// process and the channels (of those) it syncs. Children of `own_pid` are the service's own.
+#[must_use]
+pub fn scan(search: &foreign::Search<'_>) -> Vec<(ProcInfo, BTreeSet<String>)> {
+    crate::process::all_pids().filter_map(|pid| confirm(search, pid)).collect()
+}
+
+/// Whether `pid` is a bare mbsync as [`scan`] means it, with the channels it syncs.
+#[must_use]
+pub fn confirm(search: &foreign::Search<'_>, pid: u32) -> Option<(ProcInfo, BTreeSet<String>)> {
+    let info = ProcInfo::read(pid)?;
+    if !info.is_mbsync_of(search.uid) || info.ppid == search.own_pid || info.pid == search.own_pid {
+        return None;
+    }
+    let args = info.argv.get(1..).unwrap_or_default();
+    let theirs = match foreign::config_arg(args) {
+        Some(path) => info.cwd.as_deref().map_or_else(|| PathBuf::from(path), |cwd| cwd.join(path)),
+        None => search.default_config_path.to_owned(),
+    };
+    if canonical(&theirs) != canonical(search.config_path) {
+        return None;
+    }
+    let channels: BTreeSet<String> = match foreign::synced_channels(args, search.config) {
+        Synced::All => search.channels.iter().cloned().collect(),
+        Synced::Channels(set) => search.channels.iter().filter(|c| set.contains(*c)).cloned().collect(),
+        Synced::Nothing => BTreeSet::new(),
+    };
+    (!channels.is_empty()).then_some((info, channels))
+}
+
+fn canonical(path: &Path) -> PathBuf {
+    std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned())
+}
+
+/// An `Inotify` for tokio's `AsyncFd`, which wants `AsRawFd`.
+struct Ino(Inotify);
+
+impl std::os::fd::AsRawFd for Ino {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        std::os::fd::AsFd::as_fd(&self.0).as_raw_fd()
+    }
+}
+
+/// The running watch.
+struct Watch {
+    fd: AsyncFd<Ino>,
+    /// Watched directory per descriptor, and whether its subdirectories are boxes to watch too.
+    dirs: HashMap<WatchDescriptor, (PathBuf, bool)>,
+}
+
+impl Watch {
+    fn add(&mut self, dir: &Path, boxes_below: bool) {
+        let mut flags = AddWatchFlags::IN_OPEN | AddWatchFlags::IN_ONLYDIR;
+        if boxes_below {
+            flags |= AddWatchFlags::IN_CREATE;
+        }
+        match self.fd.get_ref().0.add_watch(dir, flags) {
+            Ok(wd) => {
+                self.dirs.insert(wd, (dir.to_owned(), boxes_below));
+            }
+            Err(err) => tracing::debug!(dir = %dir.display(), %err, "not watched"),
+        }
+    }
+}
+
+/// Watch the lock places of the core's config and report each bare mbsync that starts. Runs
+/// until the runtime ends. `found` is called on the runtime thread.
+pub async fn watch<L: Locks>(core: Core<L>) {
+    let Some(config) = core.mbsync_config() else { return };
+    let settings = core.settings().clone();
+    let inotify = match Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC) {
+        Ok(i) => i,
+        Err(err) => {
+            tracing::warn!(%err, "no inotify: bare mbsync runs are seen only when a client asks");
+            return;
+        }
+    };
+    let fd = match crate::process::register(Ino(inotify)) {
+        Ok(fd) => fd,
+        Err(err) => {
+            tracing::warn!(%err, "no inotify: bare mbsync runs are seen only when a client asks");
+            return;
+        }
+    };
+    let mut watch = Watch { fd, dirs: HashMap::new() };
+    for (dir, _) in lock_places(&config, &settings.paths.home, &settings.paths.state_home) {
+        watch.add(&dir, true);
+        // Box directories one level down (a Maildir store root holds its boxes).
+        for sub in std::fs::read_dir(&dir).into_iter().flatten().filter_map(Result::ok) {
+            if sub.file_type().is_ok_and(|t| t.is_dir())
+                && !sub.file_name().to_string_lossy().starts_with('.')
+            {
+                watch.add(&sub.path(), false);
+            }
+        }
+    }
+    loop {
+        let mut guard = match watch.fd.readable().await {
+            Ok(guard) => guard,
+            Err(err) => {
+                tracing::warn!(%err, "inotify failed; bare mbsync runs are seen only when a client asks");
+                return;
+            }
+        };
+        let events = match guard.get_inner().0.read_events() {
+            Ok(events) => events,
+            Err(nix::errno::Errno::EAGAIN) => {
+                guard.clear_ready();
+                continue;
+            }
+            Err(err) => {
+                tracing::warn!(%err, "cannot read inotify events");
+                return;
+            }
+        };
+        let mut locks = Vec::new();
+        for event in events {
+            let Some((dir, boxes_below)) = watch.dirs.get(&event.wd).cloned() else { continue };
+            let Some(name) = event.name else { continue };
+            let path = dir.join(&name);
+            if event.mask.contains(AddWatchFlags::IN_CREATE) && event.mask.contains(AddWatchFlags::IN_ISDIR) {
+                if boxes_below {
+                    watch.add(&path, false);
+                }
+            } else if name.to_string_lossy().ends_with(".lock") {
+                locks.push(path);
+            }
+        }
+        locks.dedup();
+        for path in locks {
+            core.lock_opened(&path);
+        }
+    }
+}
+
+impl<L: Locks> Core<L> {
+    /// A `*.lock` of mbsync was opened: find who holds it (or, if the lock is not taken yet, any
+    /// bare mbsync on our channels) and follow it.
+    pub fn lock_opened(&self, path: &Path) {
+        let found = self.search_all(|search| match lock_owner(path) {
+            Some(pid) => confirm(search, pid).into_iter().collect(),
+            // Opened, not yet locked (mbsync locks right after the open): /proc knows it already.
+            None => scan(search),
+        });
+        for (info, channels) in found.unwrap_or_default() {
+            self.process_found(&info, &channels);
+        }
+    }
+
+    /// Look for bare mbsync runs once (at start: they may predate the service).
+    pub fn scan_bare(&self) {
+        for (info, channels) in self.search_all(scan).unwrap_or_default() {
+            self.process_found(&info, &channels);
+        }
+    }
+
+    /// Run `f` with a search over every channel of the config; `None` without a good config.
+    fn search_all<T>(&self, f: impl FnOnce(&foreign::Search<'_>) -> T) -> Option<T> {
+        let config = self.mbsync_config()?;
+        let channels: Vec<String> = config.channels.iter().map(|c| c.name.clone()).collect();
+        let settings = self.settings();
+        let default_config = settings.paths.mbsync_config(None);
+        Some(f(&foreign::Search {
+            channels: &channels,
+            config: &config,
+            config_path: &settings.mbsync_config,
+            default_config_path: &default_config,
+            uid: crate::process::my_uid(),
+            own_pid: std::process::id(),
+        }))
+    }
+}

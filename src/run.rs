@@ -1,0 +1,126 @@
+//! One mbsync run's lifecycle: read its output into a progress model, publish through the
+//! leading-edge throttle, stop it safely when asked, and end when it is reaped. The daemon's core
+//! and the `exec` lock holder both drive their mbsync with [`drive`]: one code path.
+
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use tokio::{
+    sync::mpsc,
+    time::{Instant, sleep_until},
+};
+
+use crate::{
+    parser::{Event, Parser},
+    progress::Outcome,
+    runner::{Exit, Mbsync, Output},
+    throttle::{self, Decision, Throttle},
+};
+
+/// Why a run is asked to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// A user's Cancel.
+    Cancel,
+    /// The process that owns the run is shutting down (SIGTERM, logout, upgrade).
+    Shutdown,
+    /// Its lock name was taken away (a forced takeover).
+    LockLost,
+    /// The lock holder was asked to hand over gracefully.
+    Handoff,
+}
+
+/// Where a run's progress goes: a model behind the caller's own lock, and a publisher.
+pub trait Sink {
+    /// Feed parsed events into the model; whether the record changed.
+    fn apply(&self, events: &mut Vec<Event>) -> bool;
+    /// The run is being stopped: mark the model.
+    fn stopping(&self);
+    /// Publish the model's current record.
+    fn publish(&self);
+}
+
+/// How a driven run ended.
+#[derive(Debug)]
+pub struct Ended {
+    pub exit: Exit,
+    /// The first stop request, if any came before mbsync exited.
+    pub stopped: Option<Stop>,
+}
+
+impl Ended {
+    /// The outcome users see. mbsync's exit code 0 is a success even if a stop raced with its
+    /// end; a stopped run is no failure: mbsync's journal makes the stop safe.
+    #[must_use]
+    pub fn outcome(&self) -> Outcome {
+        match self.stopped {
+            _ if self.exit.success() => Outcome::Ok,
+            Some(Stop::Shutdown | Stop::Handoff) => Outcome::Interrupted,
+            Some(Stop::Cancel | Stop::LockLost) => Outcome::Cancelled,
+            None => Outcome::Failed(self.exit.reason()),
+        }
+    }
+}
+
+/// Drive `mbsync` to its end: parse its output into `sink`, publish at most once per throttle
+/// interval (the first state is assumed published by the caller), and on the first message from
+/// `stop` send SIGTERM to its process group, SIGKILL after `grace`.
+pub async fn drive(
+    mbsync: &mut Mbsync,
+    sink: &impl Sink,
+    stop: &mut mpsc::UnboundedReceiver<Stop>,
+    grace: Duration,
+) -> Ended {
+    let mut parser = Parser::new();
+    let mut events = Vec::new();
+    let mut throttle = Throttle::new(throttle::DEFAULT_INTERVAL);
+    let mut publish_at: Option<Instant> = None;
+    let mut kill_at: Option<Instant> = None;
+    let mut stopped = None;
+    throttle.sent(Instant::now().into_std());
+    let exit = loop {
+        tokio::select! {
+            out = mbsync.next() => match out {
+                Output::Stdout(bytes) => {
+                    parser.feed(&bytes, &mut events);
+                    if sink.apply(&mut events) {
+                        match throttle.changed(Instant::now().into_std()) {
+                            Decision::Send => sink.publish(),
+                            Decision::SendAt(at) => publish_at = Some(at.into()),
+                            Decision::Pending => {}
+                        }
+                    }
+                    mbsync.set_paced(publish_at.is_some());
+                }
+                Output::Exited(exit) => {
+                    parser.finish(&mut events);
+                    sink.apply(&mut events);
+                    break exit;
+                }
+            },
+            () = sleep_until(publish_at.unwrap_or_else(Instant::now)), if publish_at.is_some() => {
+                publish_at = None;
+                mbsync.set_paced(false);
+                throttle.fired(Instant::now().into_std());
+                sink.publish();
+            }
+            Some(reason) = stop.recv(), if stopped.is_none() => {
+                stopped = Some(reason);
+                tracing::info!(pid = mbsync.pid(), ?reason, "stopping mbsync");
+                mbsync.signal(Signal::SIGTERM);
+                kill_at = Some(Instant::now() + grace);
+                sink.stopping();
+                throttle.sent(Instant::now().into_std());
+                publish_at = None;
+                mbsync.set_paced(false);
+                sink.publish();
+            }
+            () = sleep_until(kill_at.unwrap_or_else(Instant::now)), if kill_at.is_some() => {
+                kill_at = None;
+                tracing::warn!(pid = mbsync.pid(), "mbsync ignored SIGTERM; killing it");
+                mbsync.signal(Signal::SIGKILL);
+            }
+        }
+    };
+    Ended { exit, stopped }
+}
