@@ -10,7 +10,7 @@ use support::{
     Testbed,
     bus::PrivateBus,
     daemon::{
-        BIN, Daemon, World, connect, get, mbsync_pids_for, service, wait_until, with_timeout,
+        BIN, Daemon, World, connect, get, mbsync_pids_for, service, spawn_exec, wait_until, with_timeout,
         write_service_config,
     },
 };
@@ -65,10 +65,11 @@ async fn kill_9_leaves_no_mbsync_and_no_lock() {
     .await;
 }
 
-/// SIGTERM or SIGINT mid-sync: the daemon stops mbsync, sends the final signals, releases the
-/// lock and exits 0; the last result is kept in the state file for the next daemon.
+/// SIGTERM or SIGINT mid-sync (an upgrade, `systemctl --user restart`, logout): the daemon stops
+/// mbsync safely, sends the final signals, releases the lock and exits 0; the sync is recorded as
+/// interrupted (not failed), and the next daemon resumes it by itself and ends exact.
 #[tokio::test]
-async fn sigterm_and_sigint_stop_syncs_and_exit_cleanly() {
+async fn sigterm_and_sigint_interrupt_syncs_and_the_next_start_resumes_them() {
     with_timeout(async {
         for signal in ["TERM", "INT"] {
             let tb = Testbed::new(SPEC);
@@ -76,8 +77,8 @@ async fn sigterm_and_sigint_stop_syncs_and_exit_cleanly() {
             let World { svc, conn, mut daemon, bus, tb } = World::around(tb).await;
             let mut finished = svc.receive_sync_finished().await.unwrap();
             svc.sync("alice").await.unwrap();
-            wait_until("mbsync to start", Duration::from_secs(20), || async {
-                !mbsync_pids_for(&tb.mbsyncrc()).is_empty()
+            wait_until("mbsync to pull messages", Duration::from_secs(20), || async {
+                get::<u32>(&svc.get_progress("alice").await.unwrap(), "messages_done").unwrap_or(0) > 0
             })
             .await;
             let status = daemon.stop(signal, Duration::from_secs(15));
@@ -89,14 +90,47 @@ async fn sigterm_and_sigint_stop_syncs_and_exit_cleanly() {
                 .await
                 .unwrap_or_else(|_| panic!("SIG{signal}: no SyncFinished before exit"))
                 .unwrap();
-            assert_eq!(end.args().unwrap().message, "sync cancelled");
+            assert!(end.args().unwrap().message.starts_with("sync interrupted"), "{}", end.args().unwrap().message);
             let state =
                 std::fs::read_to_string(tb.home().join(".local/state/himalaya-sync/state.json")).unwrap();
-            assert!(state.contains("cancelled"), "{state}");
+            assert!(state.contains("\"interrupted\": true"), "{state}");
+            tb.proxy.set_rate(None);
             let _daemon = Daemon::start(bus.address(), &tb.env(), &tb.dir.path().join("daemon2.log")).await;
-            let record = service(&conn).await.get_progress("alice").await.unwrap();
-            assert_eq!(get::<String>(&record, "last_result").as_deref(), Some("cancelled"));
+            let svc = service(&conn).await;
+            let mut finished = svc.receive_sync_finished().await.unwrap();
+            // Resumed by itself: no client asked.
+            wait_until("the interrupted sync to resume", Duration::from_secs(10), || async {
+                get::<String>(&svc.get_progress("alice").await.unwrap(), "state").as_deref() != Some("idle")
+            })
+            .await;
+            let end = finished.next().await.unwrap();
+            assert!(end.args().unwrap().ok, "the resumed sync: {}", end.args().unwrap().message);
+            tb.assert_in_sync("alice");
         }
+    })
+    .await;
+}
+
+/// A sync the user cancelled is not resumed by the next start.
+#[tokio::test]
+async fn a_cancelled_sync_is_not_resumed() {
+    with_timeout(async {
+        let tb = Testbed::new(SPEC);
+        tb.proxy.set_rate(Some(100_000));
+        let World { svc, conn, mut daemon, bus, tb } = World::around(tb).await;
+        let mut finished = svc.receive_sync_finished().await.unwrap();
+        svc.sync("alice").await.unwrap();
+        svc.cancel("alice").await.unwrap();
+        assert_eq!(finished.next().await.unwrap().args().unwrap().message, "sync cancelled");
+        assert_eq!(daemon.stop("TERM", Duration::from_secs(15)).code(), Some(0));
+        let _daemon = Daemon::start(bus.address(), &tb.env(), &tb.dir.path().join("daemon2.log")).await;
+        let svc = service(&conn).await;
+        // The resume runs right after the name is taken; give it time to (wrongly) start.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let record = svc.get_progress("alice").await.unwrap();
+        assert_eq!(get::<String>(&record, "state").as_deref(), Some("idle"));
+        assert_eq!(get::<String>(&record, "last_result").as_deref(), Some("cancelled"));
+        assert!(mbsync_pids_for(&tb.mbsyncrc()).is_empty(), "a cancelled sync was resumed");
     })
     .await;
 }
@@ -152,13 +186,19 @@ fn interface_xml(xml: &str, name: &str) -> String {
 #[tokio::test]
 async fn live_introspection_matches_the_contract() {
     with_timeout(async {
-        let World { svc: _svc, conn, daemon: _daemon, bus: _bus, tb: _tb } =
-            World::start(&[("bob", "INBOX", 1)]).await;
-        let introspect = |path: &'static str| {
+        let World { svc: _svc, conn, daemon: _daemon, bus, tb } = World::start(&[("bob", "INBOX", 1)]).await;
+        // An exec holder, held mid-run by a stalled server, serves the LockHolder interface.
+        tb.proxy.pause();
+        let _exec = spawn_exec(Some(bus.address()), &tb.env(), &["bob"]);
+        wait_until("exec to hold bob's lock", Duration::from_secs(10), || async {
+            !lock_is_free(&conn, "bob").await
+        })
+        .await;
+        let introspect = |destination: &'static str, path: &'static str| {
             let conn = conn.clone();
             async move {
                 zbus::fdo::IntrospectableProxy::builder(&conn)
-                    .destination("org.himalaya.Sync")
+                    .destination(destination)
                     .path(path)
                     .build()
                     .await
@@ -168,16 +208,19 @@ async fn live_introspection_matches_the_contract() {
                     .unwrap()
             }
         };
-        let main = introspect("/org/himalaya/Sync").await;
-        let account = introspect("/org/himalaya/Sync/account/bob").await;
+        let main = introspect("org.himalaya.Sync", "/org/himalaya/Sync").await;
+        let account = introspect("org.himalaya.Sync", "/org/himalaya/Sync/account/bob").await;
+        let holder = introspect("org.himalaya.Sync.Lock.bob", "/org/himalaya/Sync/LockHolder").await;
         let live = format!(
             "<!DOCTYPE node PUBLIC \"-//freedesktop//DTD D-BUS Object Introspection 1.0//EN\"\n\
              \"http://www.freedesktop.org/standards/dbus/1.0/introspect.dtd\">\n\
              <!-- The org.himalaya.Sync bus API: the contract clients rely on. Checked against the\n\
              running service by tests/lifecycle.rs; TEST_OVERWRITE=1 cargo test rewrites it. -->\n\
-             <node>\n{}\n<!-- On /org/himalaya/Sync/account/<label>, one object per account. -->\n{}\n</node>\n",
+             <node>\n{}\n<!-- On /org/himalaya/Sync/account/<label>, one object per account. -->\n{}\n\
+             <!-- On /org/himalaya/Sync/LockHolder of every lock holder (himalaya-sync exec). -->\n{}\n</node>\n",
             interface_xml(&main, "org.himalaya.Sync"),
             interface_xml(&account, "org.himalaya.Sync.Account"),
+            interface_xml(&holder, "org.himalaya.Sync.LockHolder"),
         );
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("dbus/org.himalaya.Sync.xml");
         if std::env::var_os("TEST_OVERWRITE").is_some() {
