@@ -257,3 +257,225 @@ async fn a_bare_mbsync_appears_within_a_second_and_goes_away() {
     })
     .await;
 }
+
+/// Races: two TakeOver calls at once, and TakeOver with Sync at once: one wins, the others get a
+/// typed error; never two mbsync; the mail ends exact.
+#[tokio::test]
+async fn concurrent_takeovers_and_syncs_have_one_winner() {
+    with_timeout(async {
+        let w = World::start(SPEC).await;
+        w.tb.proxy.set_rate(Some(100_000));
+        let sampler = Sampler::start(&w.tb.mbsyncrc());
+        let mut fin = w.svc.receive_sync_finished().await.unwrap();
+
+        let bare = w.tb.spawn_mbsync(&["alice"]);
+        wait_external(&w, "alice", "process").await;
+        let (a, b) = tokio::join!(w.svc.take_over("alice"), w.svc.take_over("alice"));
+        let oks = [a.is_ok(), b.is_ok()].iter().filter(|ok| **ok).count();
+        assert_eq!(oks, 1, "exactly one TakeOver wins: {a:?} {b:?}");
+        let loser = if a.is_ok() { b } else { a };
+        assert_eq!(error_name(loser), "org.himalaya.Sync.Error.AlreadySyncing");
+        drop(bare);
+        w.svc.cancel("alice").await.unwrap();
+        finished(&mut fin, "alice").await;
+
+        let bare = w.tb.spawn_mbsync(&["alice"]);
+        wait_external(&w, "alice", "process").await;
+        let (t, s) = tokio::join!(w.svc.take_over("alice"), w.svc.sync("alice"));
+        match (&t, &s) {
+            (Ok(_), Err(_)) => assert_eq!(error_name(s), "org.himalaya.Sync.Error.AlreadySyncing"),
+            // Sync came first: it refuses (a bare mbsync runs), and the takeover saw it reserved.
+            (Err(_), Err(_)) => {
+                assert_eq!(error_name(t), "org.himalaya.Sync.Error.AlreadySyncing");
+                assert_eq!(error_name(s), "org.himalaya.Sync.Error.LockedElsewhere");
+                w.svc.take_over("alice").await.unwrap();
+            }
+            other => panic!("both cannot win: {other:?}"),
+        }
+        drop(bare);
+        w.tb.proxy.set_rate(None);
+        let (ok, message) = finished(&mut fin, "alice").await;
+        assert!(ok, "{message}");
+        sampler.finish().assert_no_overlap();
+        w.tb.assert_in_sync("alice");
+    })
+    .await;
+}
+
+/// Races: the external sync ends while TakeOver runs: either it was still there (stopped and
+/// restarted) or it was gone (NotRunning); nothing else, and the mail ends exact.
+#[tokio::test]
+async fn a_sync_that_ends_during_the_takeover() {
+    with_timeout(async {
+        let w = World::start(&[("bob", "INBOX", 20)]).await;
+        let sampler = Sampler::start(&w.tb.mbsyncrc());
+        let mut fin = w.svc.receive_sync_finished().await.unwrap();
+        let mut outcomes = Vec::new();
+        for _ in 0..6 {
+            let mut bare = w.tb.spawn_mbsync(&["bob"]);
+            // Whatever moment it has reached; a small sync ends within a few ms.
+            match w.svc.take_over("bob").await {
+                Ok(answer) => {
+                    assert_eq!(strings(&answer, "restarted"), ["bob"]);
+                    let (ok, message) = finished(&mut fin, "bob").await;
+                    assert!(ok, "{message}");
+                    outcomes.push("taken over");
+                }
+                Err(err) => {
+                    assert_eq!(zbus::DBusError::name(&err).as_str(), "org.himalaya.Sync.Error.NotRunning", "{err:?}");
+                    outcomes.push("not running");
+                }
+            }
+            wait_until("the bare mbsync to end", LONG, || {
+                let exited = bare.has_exited();
+                async move { exited }
+            })
+            .await;
+        }
+        println!("outcomes: {outcomes:?}");
+        sampler.finish().assert_no_overlap();
+        w.tb.assert_in_sync("bob");
+    })
+    .await;
+}
+
+/// A lock holder that never answers Handoff: HandoffTimeout, and it keeps its lock (the service
+/// left the queue).
+#[tokio::test]
+async fn handoff_to_a_holder_that_never_answers_times_out() {
+    struct Silent;
+    #[zbus::interface(name = "org.himalaya.Sync.LockHolder")]
+    impl Silent {
+        async fn handoff(&self, _account: &str, _requester: &str) {
+            std::future::pending::<()>().await;
+        }
+    }
+    with_timeout(async {
+        let w = World::start(&[("bob", "INBOX", 20)]).await;
+        let holder = support::daemon::connect(w.bus.address()).await;
+        holder.object_server().at("/org/himalaya/Sync/LockHolder", Silent).await.unwrap();
+        let flags = zbus::fdo::RequestNameFlags::DO_NOT_QUEUE | zbus::fdo::RequestNameFlags::ALLOW_REPLACEMENT;
+        holder.request_name_with_flags("org.himalaya.Sync.Lock.bob", flags).await.unwrap();
+        wait_external(&w, "bob", "client").await;
+        let started = std::time::Instant::now();
+        let result = w.svc.request_handoff("bob", 300).await;
+        assert_eq!(error_name(result), "org.himalaya.Sync.Error.HandoffTimeout");
+        assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+        let dbus = zbus::fdo::DBusProxy::new(&w.conn).await.unwrap();
+        let queue = dbus
+            .list_queued_owners(zbus::names::WellKnownName::try_from("org.himalaya.Sync.Lock.bob").unwrap())
+            .await
+            .unwrap();
+        assert_eq!(queue.len(), 1, "only the holder: the service left the queue: {queue:?}");
+        assert_eq!(Some(queue[0].as_str()), holder.unique_name().map(|u| u.as_str()));
+        // Still usable: the holder lets go, the account is the service's again. (Closed, not
+        // dropped: its pending Handoff call keeps the connection alive.)
+        holder.close().await.unwrap();
+        wait_until("bob to be idle", LONG, || async { state(&w.svc.get_progress("bob").await.unwrap()) == "idle" })
+            .await;
+        w.svc.sync("bob").await.unwrap();
+    })
+    .await;
+}
+
+/// A holder that ignores NameLost keeps its mbsync running after TakeOver took its names: the
+/// service gives it `stop_grace`, then stops that mbsync like a bare one, and only then starts
+/// its own.
+#[tokio::test]
+async fn a_holder_that_ignores_name_lost_is_stopped_after_the_grace() {
+    with_timeout(async {
+        let tb = support::Testbed::new(SPEC);
+        support::daemon::write_service_config(&tb, "stop_grace = 1\n");
+        let w = World::around(tb).await;
+        w.tb.proxy.set_rate(Some(100_000));
+        let sampler = Sampler::start(&w.tb.mbsyncrc());
+        // This test process is the holder: it takes the lock, runs mbsync as its child, and
+        // never looks at NameLost.
+        let holder = support::daemon::connect(w.bus.address()).await;
+        let flags = zbus::fdo::RequestNameFlags::DO_NOT_QUEUE | zbus::fdo::RequestNameFlags::ALLOW_REPLACEMENT;
+        holder.request_name_with_flags("org.himalaya.Sync.Lock.alice", flags).await.unwrap();
+        let child = w.tb.spawn_mbsync(&["alice"]);
+        wait_external(&w, "alice", "client").await;
+        let mut fin = w.svc.receive_sync_finished().await.unwrap();
+        let started = std::time::Instant::now();
+        let answer = w.svc.take_over("alice").await.unwrap();
+        let took = started.elapsed();
+        assert_eq!(get::<String>(&answer, "stopped_owner").as_deref(), Some("client"));
+        assert_eq!(get::<u32>(&answer, "stopped_pid"), Some(child.pid()));
+        assert!(took >= Duration::from_millis(900), "the holder got its grace period: {took:?}");
+        assert_eq!(child.wait(Duration::from_secs(5)).status.code(), None, "stopped by a signal");
+        w.tb.proxy.set_rate(None);
+        let (ok, message) = finished(&mut fin, "alice").await;
+        assert!(ok, "{message}");
+        sampler.finish().assert_no_overlap();
+        w.tb.assert_in_sync("alice");
+    })
+    .await;
+}
+
+/// Safety: TakeOver never signals a process that is not this user's mbsync. A holder that claims
+/// a `sleep` is its mbsync gets its names taken, but the `sleep` lives on; a foreign user's
+/// "mbsync" (as root only) is not even considered.
+#[tokio::test]
+async fn takeover_never_signals_what_is_not_our_mbsync() {
+    struct Liar {
+        pid: u32,
+    }
+    #[zbus::interface(name = "org.himalaya.Sync.LockHolder")]
+    impl Liar {
+        fn get_progress(&self) -> HashMap<String, OwnedVariant> {
+            HashMap::from([("pid".to_owned(), OwnedVariant::from(self.pid))])
+        }
+    }
+    with_timeout(async {
+        let w = World::start(&[("bob", "INBOX", 20)]).await;
+        let mut sleeper = std::process::Command::new("sleep").arg("60").spawn().unwrap();
+        let holder = support::daemon::connect(w.bus.address()).await;
+        holder.object_server().at("/org/himalaya/Sync/LockHolder", Liar { pid: sleeper.id() }).await.unwrap();
+        let flags = zbus::fdo::RequestNameFlags::DO_NOT_QUEUE | zbus::fdo::RequestNameFlags::ALLOW_REPLACEMENT;
+        holder.request_name_with_flags("org.himalaya.Sync.Lock.bob", flags).await.unwrap();
+        wait_external(&w, "bob", "client").await;
+        let answer = w.svc.take_over("bob").await.unwrap();
+        assert_eq!(get::<u32>(&answer, "stopped_pid"), None, "no mbsync was stopped: {answer:?}");
+        assert!(sleeper.try_wait().unwrap().is_none(), "the sleep was signalled");
+        sleeper.kill().unwrap();
+        sleeper.wait().unwrap();
+
+        if !support::running_as_root() {
+            println!("not root: the other-user part needs root (CI runs as root)");
+            return;
+        }
+        // A program named mbsync of another user, whose arguments name bob.
+        let fake = w.tb.dir.path().join("fake/mbsync");
+        std::fs::create_dir_all(fake.parent().unwrap()).unwrap();
+        std::fs::copy("/usr/bin/tail", &fake).unwrap();
+        let mut other = std::process::Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(&fake)
+            .args(["-f", "/dev/null", "bob"])
+            .env("HOME", w.tb.home())
+            .spawn()
+            .unwrap();
+        wait_until("the foreign process to run", LONG, || async {
+            std::fs::read_to_string(format!("/proc/{}/status", other.id()))
+                .is_ok_and(|s| s.lines().any(|l| l.starts_with("Uid:") && l.contains("65534")))
+        })
+        .await;
+        let mut fin = w.svc.receive_sync_finished().await.unwrap();
+        // Whatever TakeOver says (the service's own run of bob may still be going), it never
+        // touches the foreign process.
+        let _ = w.svc.take_over("bob").await;
+        let _ = finished_within(&mut fin, Duration::from_millis(200)).await;
+        assert!(other.try_wait().unwrap().is_none(), "another user's process was signalled");
+        other.kill().unwrap();
+        other.wait().unwrap();
+    })
+    .await;
+}
+
+async fn finished_within(
+    stream: &mut himalaya_sync::bus::service::SyncFinishedStream,
+    timeout: Duration,
+) -> Option<bool> {
+    tokio::time::timeout(timeout, stream.next()).await.ok().flatten().map(|s| s.args().unwrap().ok)
+}
