@@ -12,6 +12,7 @@ pub mod config;
 pub mod core;
 pub mod error;
 pub mod foreign;
+pub mod mbsync_check;
 pub mod mbsyncrc;
 pub mod names;
 pub mod parser;
