@@ -44,7 +44,11 @@ pub fn verdict(exit: Option<i32>, stderr: &str) -> Result<(), String> {
     if exit == Some(0) || lines.iter().any(|l| ACCEPTED.iter().any(|a| l.starts_with(a))) {
         return Ok(());
     }
-    let is_notice = |l: &&str| l.contains("Notice:") || l.starts_with("Warning:");
+    // 1.4.4 writes "Notice: ...", 1.5.1 "FILE: notice: ...".
+    let is_notice = |l: &&str| {
+        let l = l.to_ascii_lowercase();
+        l.contains("notice:") || l.starts_with("warning:")
+    };
     let errors: Vec<&str> = lines.iter().copied().filter(|l| !is_notice(l)).collect();
     let said = if errors.is_empty() { lines } else { errors };
     if said.is_empty() {
@@ -218,6 +222,19 @@ mod tests {
         );
         assert!(judge("refused-isync-0x").unwrap_err().contains(":1: 'Mailbox' is not a recognized"));
         assert!(judge("missing-file").unwrap_err().starts_with("Cannot open config file"));
+    }
+
+    /// isync 1.5.1 (built from source at /opt/isync-1.5.1), same probe.
+    #[test]
+    fn isync_1_5_1_outputs() {
+        assert_eq!(judge("isync-1.5.1-accepted-with-notice"), Ok(()));
+        assert_eq!(
+            judge("isync-1.5.1-refused-with-notice"),
+            Err("/tmp/rc-exp/fx/bogus-1.5.1.rc:4: keyword 'BogusKeyword' is not recognized in IMAPAccount \
+                 sections"
+                .to_owned()),
+            "its lower-case notice is left out"
+        );
     }
 
     #[test]
