@@ -3,70 +3,12 @@
 //! Bus names only bind cooperating peers, so before it starts mbsync the service also looks in
 //! /proc for an mbsync of the same user whose arguments name one of the channels (DESIGN.md,
 //! "The lock"). Reading /proc once per Sync call costs no polling. Which channels an mbsync
-//! command line syncs is pure logic ([`synced_channels`]), unit-tested here.
+//! command line syncs is pure logic ([`synced_channels`], in [`crate::mbsync_args`]).
 
-use std::{collections::BTreeSet, path::Path};
+use std::path::Path;
 
+pub use crate::mbsync_args::{Synced, config_arg, synced_channels};
 use crate::mbsyncrc::MbsyncConfig;
-
-/// What an mbsync command line syncs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Synced {
-    /// `-a`: every channel.
-    All,
-    /// These channels (groups resolved through the config).
-    Channels(BTreeSet<String>),
-    /// Nothing: `-l`, `-h`, `-v` and the like.
-    Nothing,
-}
-
-/// The config file an mbsync argv (without argv\[0\]) names with `-c`/`--config`, if any.
-#[must_use]
-pub fn config_arg(args: &[String]) -> Option<&str> {
-    let mut iter = args.iter();
-    while let Some(arg) = iter.next() {
-        match arg.as_str() {
-            "-c" | "--config" => return iter.next().map(String::as_str),
-            s if s.starts_with("--config=") => return s.strip_prefix("--config="),
-            _ => {}
-        }
-    }
-    None
-}
-
-/// The channels an mbsync argv (without argv\[0\]) syncs, by the service's config.
-#[must_use]
-pub fn synced_channels(args: &[String], config: &MbsyncConfig) -> Synced {
-    let mut names = Vec::new();
-    let mut all = false;
-    let mut iter = args.iter();
-    while let Some(arg) = iter.next() {
-        match arg.as_str() {
-            // The only options that take a separate argument.
-            "-c" | "--config" => {
-                iter.next();
-            }
-            "-a" | "--all" => all = true,
-            "-l" | "--list" | "-h" | "--help" | "-v" | "--version" => return Synced::Nothing,
-            s if s.starts_with('-') => {}
-            name => names.push(name.split(':').next().unwrap_or(name).to_owned()),
-        }
-    }
-    if all {
-        return Synced::All;
-    }
-    let mut channels = BTreeSet::new();
-    for name in names {
-        match config.channels_of(&name) {
-            Some(members) => channels.extend(members),
-            // Unknown to our config (another config file?): take the name as a channel.
-            None => {
-                channels.insert(name);
-            }
-        }
-    }
-    if channels.is_empty() { Synced::Nothing } else { Synced::Channels(channels) }
-}
 
 /// An mbsync found running outside the service.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -154,65 +96,6 @@ fn mbsync_argv(pid: u32, uid: u32, own_pid: u32) -> Option<Vec<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mbsyncrc;
-
-    fn config() -> MbsyncConfig {
-        mbsyncrc::parse(
-            "IMAPStore r\nHost x\n\nMaildirStore l\nPath /m/\n\n\
-             Channel alice\nFar :r:\nNear :l:\n\n\
-             Channel bob\nFar :r:\nNear :l:\n\n\
-             Group everyone alice bob\n",
-        )
-        .unwrap()
-    }
-
-    fn args(s: &str) -> Vec<String> {
-        s.split_whitespace().map(str::to_owned).collect()
-    }
-
-    fn set(names: &[&str]) -> Synced {
-        Synced::Channels(names.iter().map(|s| (*s).to_owned()).collect())
-    }
-
-    #[test]
-    fn channels_groups_and_all() {
-        let c = config();
-        assert_eq!(synced_channels(&args("alice"), &c), set(&["alice"]));
-        assert_eq!(synced_channels(&args("-V alice:INBOX,Sent"), &c), set(&["alice"]));
-        assert_eq!(synced_channels(&args("everyone"), &c), set(&["alice", "bob"]));
-        assert_eq!(synced_channels(&args("-q -a"), &c), Synced::All);
-        assert_eq!(synced_channels(&args("--all"), &c), Synced::All);
-    }
-
-    #[test]
-    fn the_config_path_is_not_a_channel() {
-        let c = config();
-        assert_eq!(synced_channels(&args("-c alice bob"), &c), set(&["bob"]));
-        assert_eq!(synced_channels(&args("--config /home/u/.mbsyncrc -V bob"), &c), set(&["bob"]));
-        assert_eq!(synced_channels(&args("-c /rc"), &c), Synced::Nothing);
-    }
-
-    #[test]
-    fn config_argument_forms() {
-        assert_eq!(config_arg(&args("-c /rc alice")), Some("/rc"));
-        assert_eq!(config_arg(&args("-V --config rc -a")), Some("rc"));
-        assert_eq!(config_arg(&args("--config=/x/rc bob")), Some("/x/rc"));
-        assert_eq!(config_arg(&args("-V alice")), None);
-        assert_eq!(config_arg(&args("-c")), None);
-    }
-
-    #[test]
-    fn listing_and_help_sync_nothing() {
-        let c = config();
-        assert_eq!(synced_channels(&args("-l everyone"), &c), Synced::Nothing);
-        assert_eq!(synced_channels(&args("-h"), &c), Synced::Nothing);
-        assert_eq!(synced_channels(&[], &c), Synced::Nothing);
-    }
-
-    #[test]
-    fn names_unknown_to_our_config_are_taken_as_channels() {
-        assert_eq!(synced_channels(&args("work"), &config()), set(&["work"]));
-    }
 
     #[test]
     fn this_process_is_not_an_mbsync() {

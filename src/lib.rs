@@ -2,9 +2,9 @@
 //! publishes their live progress on the session bus.
 //!
 //! Layout: pure logic ([`parser`], [`progress`], [`throttle`], [`names`], [`mbsyncrc`],
-//! [`config`]) has no I/O; [`runner`] drives one mbsync process; [`core`] owns accounts and runs
-//! and knows nothing of D-Bus; [`bus`] is the thin D-Bus layer; [`cli`] holds the client
-//! subcommands.
+//! [`mbsync_args`], [`config`]) has no I/O; [`mbsync_check`] asks the installed mbsync about its
+//! config; [`runner`] drives one mbsync process; [`core`] owns accounts and runs and knows
+//! nothing of D-Bus; [`bus`] is the thin D-Bus layer; [`cli`] holds the client subcommands.
 
 pub mod bus;
 pub mod cli;
@@ -14,6 +14,8 @@ pub mod detect;
 pub mod error;
 pub mod exec;
 pub mod foreign;
+pub mod mbsync_args;
+pub mod mbsync_check;
 pub mod mbsyncrc;
 pub mod names;
 pub mod parser;

@@ -4,8 +4,13 @@
 //! (`config.c`): sections start with a keyword line and end at a blank line; a word starting
 //! with `#` ends the line (so a line starting with `#` is a comment, and a comment line does
 //! not end a section); keywords are case-insensitive; `"` toggles quoting anywhere in a word and
-//! `\` takes the next character literally. Unknown keywords are ignored (mbsync has many), but
-//! what mbsync itself would reject in the parts read here is an error with a line number.
+//! `\` takes the next character literally.
+//!
+//! The rule: this reader never refuses a file mbsync accepts, and names what mbsync would run.
+//! So duplicates are kept and looked up first-defined-wins, and a Group member that is no
+//! channel is kept but resolves to nothing (both as in isync 1.4.4's `load_config` and `main`).
+//! What it does not check (unknown keywords, stores, global options after sections: they differ
+//! between isync versions) only the installed mbsync can judge: see `mbsync_check`.
 
 use std::fmt;
 
@@ -40,7 +45,9 @@ pub struct Channel {
 pub struct Group {
     /// The group name, as written.
     pub name: String,
-    /// Member channel names, without `:box` suffixes, deduplicated, in order.
+    /// Member names as listed, without `:box` suffixes, deduplicated, in order. A member that is
+    /// no channel is kept here (mbsync accepts the file) but skipped by
+    /// [`MbsyncConfig::channels_of`] (mbsync reports it and syncs the others).
     pub channels: Vec<String>,
 }
 
@@ -85,38 +92,44 @@ impl std::error::Error for ConfigError {}
 
 impl MbsyncConfig {
     /// Names a user can sync: every channel and every group, channels first, no duplicates.
+    ///
+    /// A name read from bytes that are no UTF-8 (shown with U+FFFD) is left out: mbsync would
+    /// not know it by its replacement, and D-Bus strings cannot carry the original.
     #[must_use]
     pub fn account_names(&self) -> Vec<String> {
         let mut names: Vec<String> = Vec::with_capacity(self.channels.len() + self.groups.len());
         let all = self.channels.iter().map(|c| &c.name).chain(self.groups.iter().map(|g| &g.name));
         for name in all {
-            if !names.contains(name) {
+            if !names.contains(name) && !name.contains(char::REPLACEMENT_CHARACTER) {
                 names.push(name.clone());
             }
         }
         names
     }
 
-    /// The channels an account name stands for: a channel → itself; a group → its members;
-    /// `None` if unknown.
+    /// The channels an account name stands for: a channel → itself; a group → its members
+    /// that are channels; `None` if unknown.
     ///
     /// A name that is both a group and a channel means the group, because that is what
-    /// `mbsync NAME` runs (it looks groups up first).
+    /// `mbsync NAME` runs (it looks groups up first). A member that is no channel is skipped:
+    /// `mbsync GROUP` says "No channel or group named 'x' defined." and syncs the others
+    /// (isync 1.4.4 `main.c`, `add_named_channel`).
     #[must_use]
     pub fn channels_of(&self, account: &str) -> Option<Vec<String>> {
         if let Some(group) = self.group(account) {
-            return Some(group.channels.clone());
+            let defined = group.channels.iter().filter(|c| self.channel(c).is_some()).cloned().collect();
+            return Some(defined);
         }
         self.channel(account).map(|c| vec![c.name.clone()])
     }
 
-    /// The channel named `name`.
+    /// The channel named `name`; of two with that name the first, as mbsync's lookup finds it.
     #[must_use]
     pub fn channel(&self, name: &str) -> Option<&Channel> {
         self.channels.iter().find(|c| c.name == name)
     }
 
-    /// The group named `name`.
+    /// The group named `name`; of two with that name the first, as mbsync's lookup finds it.
     #[must_use]
     pub fn group(&self, name: &str) -> Option<&Group> {
         self.groups.iter().find(|g| g.name == name)
@@ -158,25 +171,27 @@ const SECTION_KEYWORDS: [&str; 5] = ["IMAPAccount", "IMAPStore", "MaildirStore",
 
 /// Parse the text of an mbsync config.
 ///
-/// Errors: a Channel, Group or store without a name; a duplicate channel or group name; a Group
-/// member that is no channel; a `Far`/`Near` value that is not `:store:` or `:store:box`; a
-/// section keyword inside a section that was not ended with a blank line; an unterminated quote
-/// or escape; a NUL byte.
+/// Errors (each one a file mbsync refuses too): a Channel, Group or store line without a name;
+/// a `Far`/`Near` value that is not `:store:` or `:store:box`; a section keyword inside a section
+/// that was not ended with a blank line; an unterminated quote or escape.
 pub fn parse(text: &str) -> Result<MbsyncConfig, ConfigError> {
+    parse_bytes(text.as_bytes())
+}
+
+/// [`parse`] for the file's bytes as they are: mbsync reads bytes, so a comment or password in
+/// Latin-1 is no error; names are decoded lossily (see [`MbsyncConfig::account_names`]).
+pub fn parse_bytes(text: &[u8]) -> Result<MbsyncConfig, ConfigError> {
     let mut config =
         MbsyncConfig { channels: Vec::new(), groups: Vec::new(), stores: Vec::new(), sync_state: None };
-    // Group members with the line naming them, checked once all channels are known.
-    let mut members: Vec<(usize, String, String)> = Vec::new();
     let mut section = Section::None;
 
-    for (index, raw) in text.split('\n').enumerate() {
+    for (index, raw) in text.split(|&b| b == b'\n').enumerate() {
         let line = index + 1;
         let err = |message: String| ConfigError { line, message };
-        if raw.contains('\0') {
-            return Err(err("contains a NUL byte; is this a text file?".to_owned()));
-        }
-        let first = raw.trim_start_matches(is_space);
-        if first.starts_with('#') {
+        // mbsync's tokenizer stops at a NUL byte: the rest of that line is never read.
+        let raw = raw.split(|&b| b == 0).next().unwrap_or_default();
+        let first = raw.iter().position(|&b| !is_space(b)).map(|i| raw[i]);
+        if first == Some(b'#') {
             continue; // a comment line; it does not end the section
         }
         let words = words(raw).map_err(err)?;
@@ -190,7 +205,7 @@ pub fn parse(text: &str) -> Result<MbsyncConfig, ConfigError> {
         if let Section::Group(g) = section
             && (is("Channel") || is("Channels"))
         {
-            add_members(&mut config.groups[g], &mut members, args, line);
+            add_members(&mut config.groups[g], args);
             continue;
         }
         if let Some(start) = SECTION_KEYWORDS.iter().find(|k| is(k)) {
@@ -201,9 +216,8 @@ pub fn parse(text: &str) -> Result<MbsyncConfig, ConfigError> {
                     section.describe(&config)
                 )));
             }
-            let name = value
-                .filter(|v| !v.is_empty())
-                .ok_or_else(|| err(format!("'{keyword}' needs a name, as in '{start} NAME'")))?;
+            // mbsync: "parameter missing". An empty name (`Channel ""`) it takes as a name.
+            let name = value.ok_or_else(|| err(format!("'{keyword}' needs a name, as in '{start} NAME'")))?;
             section = match *start {
                 "IMAPAccount" => Section::Account,
                 "IMAPStore" | "MaildirStore" => {
@@ -211,25 +225,16 @@ pub fn parse(text: &str) -> Result<MbsyncConfig, ConfigError> {
                     config.stores.push(Store { name: name.clone(), kind, path: None, inbox: None });
                     Section::Store(config.stores.len() - 1)
                 }
+                // A second section of a name is kept, as mbsync keeps it: lookups find the first.
                 "Channel" => {
-                    if config.channel(name).is_some() {
-                        return Err(err(format!(
-                            "a second Channel named '{name}': channel names must be unique"
-                        )));
-                    }
                     let channel = Channel { name: name.clone(), far: None, near: None, sync_state: None };
                     config.channels.push(channel);
                     Section::Channel(config.channels.len() - 1)
                 }
                 _ => {
-                    if config.group(name).is_some() {
-                        return Err(err(format!(
-                            "a second Group named '{name}': group names must be unique"
-                        )));
-                    }
                     config.groups.push(Group { name: name.clone(), channels: Vec::new() });
                     let g = config.groups.len() - 1;
-                    add_members(&mut config.groups[g], &mut members, &args[1..], line);
+                    add_members(&mut config.groups[g], &args[1..]);
                     Section::Group(g)
                 }
             };
@@ -255,83 +260,80 @@ pub fn parse(text: &str) -> Result<MbsyncConfig, ConfigError> {
             _ => {}
         }
     }
-
-    for (line, group, member) in members {
-        if config.channel(&member).is_none() {
-            return Err(ConfigError {
-                line,
-                message: format!(
-                    "Group '{group}' lists '{member}', but no Channel of that name is defined \
-                     (groups can only hold channels)"
-                ),
-            });
-        }
-    }
     Ok(config)
 }
 
-/// Adds group members (`work:INBOX,Sent` counts as `work`), remembering their line.
-fn add_members(group: &mut Group, members: &mut Vec<(usize, String, String)>, words: &[String], line: usize) {
+/// Adds group members (`work:INBOX,Sent` counts as `work`).
+fn add_members(group: &mut Group, words: &[String]) {
     for word in words {
         // As mbsync does: the channel name ends at the first ':'.
         let name = word.split_once(':').map_or(word.as_str(), |(name, _)| name);
         if !group.channels.iter().any(|c| c == name) {
             group.channels.push(name.to_owned());
-            members.push((line, group.name.clone(), name.to_owned()));
         }
     }
 }
 
-/// `:store:` or `:store:box` → `store`.
+/// `:store:` or `:store:box` → `store` (mbsync: "malformed mailbox spec"; an empty store name
+/// is a name to it).
 fn store_name(keyword: &str, value: &str) -> Result<String, String> {
     value
         .strip_prefix(':')
         .and_then(|rest| rest.split_once(':'))
-        .map(|(store, _box)| store)
-        .filter(|store| !store.is_empty())
-        .map(str::to_owned)
+        .map(|(store, _box)| store.to_owned())
         .ok_or_else(|| {
             format!("'{keyword} {value}' is malformed: write ':STORE:' or ':STORE:BOX' (with the colons)")
         })
 }
 
-/// Whitespace as C's `isspace` sees it (a `\r` from CRLF line ends included).
-fn is_space(c: char) -> bool {
-    matches!(c, ' ' | '\t' | '\n' | '\r' | '\x0b' | '\x0c')
+/// Whitespace as C's `isspace` sees it in the C locale (mbsync never sets another), a `\r`
+/// from CRLF line ends included.
+fn is_space(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | b'\r' | b'\x0b' | b'\x0c')
 }
 
-const BAD_ESCAPE: &str = "a '\\' at the end of the line (or before a control character) escapes \
-    nothing: remove it, or write '\\\\' for a backslash";
+const BAD_ESCAPE: &str = "a '\\' at the end of a word (or followed only by control characters) \
+    escapes nothing: remove it, or write '\\\\' for a backslash";
 
-/// Splits a line into words the way mbsync's `get_arg` does.
-fn words(line: &str) -> Result<Vec<String>, String> {
+/// Splits a line into words byte for byte the way mbsync's `get_arg` does, quirks included:
+/// an escape is only consumed by a byte that C's signed `char` sees as `>= 32` (ASCII 32..=127),
+/// so `\` before a control byte keeps that byte and stays pending.
+fn words(line: &[u8]) -> Result<Vec<String>, String> {
     let mut words = Vec::new();
-    let mut chars = line.chars().peekable();
+    let mut i = 0;
     loop {
-        while chars.next_if(|&c| is_space(c)).is_some() {}
-        match chars.peek() {
-            None | Some('#') => break, // `#` at the start of a word: the rest is a comment
+        while line.get(i).is_some_and(|&b| is_space(b)) {
+            i += 1;
+        }
+        match line.get(i) {
+            None | Some(b'#') => break, // `#` at the start of a word: the rest is a comment
             Some(_) => {}
         }
-        let mut word = String::new();
-        let mut quoted = false;
-        while let Some(c) = chars.next() {
-            match c {
-                '\\' => match chars.next() {
-                    Some(next) if next >= ' ' => word.push(next),
-                    _ => {
-                        return Err(BAD_ESCAPE.to_owned());
-                    }
-                },
-                '"' => quoted = !quoted,
-                c if !quoted && is_space(c) => break,
-                c => word.push(c),
+        let mut word = Vec::new();
+        let (mut escaped, mut quoted) = (false, false);
+        while let Some(&b) = line.get(i) {
+            i += 1;
+            if escaped && (32..128).contains(&b) {
+                escaped = false;
+                word.push(b);
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                quoted = !quoted;
+            } else if !quoted && is_space(b) {
+                break;
+            } else {
+                word.push(b);
             }
+        }
+        if escaped {
+            return Err(BAD_ESCAPE.to_owned());
         }
         if quoted {
             return Err("missing closing quote '\"'".to_owned());
         }
-        words.push(word);
+        // Only ASCII bytes were dropped, so valid UTF-8 stays valid.
+        words.push(String::from_utf8_lossy(&word).into_owned());
     }
     Ok(words)
 }
@@ -496,7 +498,7 @@ Channel bob
         assert_eq!(channel.near.as_deref(), Some("my local"));
         assert_eq!(channel.sync_state.as_deref(), Some("~/state dir/"));
         assert_eq!(config.channels_of("all of it"), Some(names(&["two words"])));
-        assert_eq!(words("a\"b c\"d \"\" e#f #g h"), Ok(names(&["ab cd", "", "e#f"])));
+        assert_eq!(words(b"a\"b c\"d \"\" e#f #g h"), Ok(names(&["ab cd", "", "e#f"])));
     }
 
     #[test]
@@ -539,21 +541,19 @@ Channel bob
 
     #[test]
     fn errors() {
-        let cases: [(&str, usize, &str); 15] = [
-            ("Channel\nFar :r:\n", 1, "needs a name"),
-            ("Channel \"\"\n", 1, "needs a name"),
+        // Every one of these is a file isync 1.4.4 refuses too (its message in the comment).
+        let cases: [(&str, usize, &str); 11] = [
+            ("Channel\nFar :r:\n", 1, "needs a name"), // parameter missing
             ("\nGroup\n", 2, "needs a name"),
             ("MaildirStore\n", 1, "needs a name"),
-            ("Channel a\n\nChannel b\n\nChannel a\n", 5, "second Channel named 'a'"),
-            ("Group g\n\nGroup g\n", 3, "second Group named 'g'"),
-            ("Channel a\n\nGroup g a\nChannel b:INBOX\n", 4, "Group 'g' lists 'b'"),
-            ("Channel a\n\nGroup g a\n\nGroup h :INBOX\n", 5, "Group 'h' lists ''"),
+            // keyword 'Channel' is not recognized in Channel sections
             ("Channel a\nFar :r:\nNear :l:\nChannel b\n", 4, "put a blank line"),
             ("MaildirStore m\nPath /x\nChannel b\n", 3, "store 'm' section above"),
-            ("Channel a\nFar r\n", 2, "'Far r' is malformed"),
+            ("Group g a\nGroup h b\n", 2, "Group 'g' section above"),
+            ("Channel a\nFar r\n", 2, "'Far r' is malformed"), // malformed mailbox spec
             ("Channel a\nNear :l\n", 2, "'Near :l' is malformed"),
             ("IMAPAccount a\nPass \"secret\n", 2, "missing closing quote"),
-            ("IMAPAccount a\nPass secret\\\n", 2, "escapes nothing"),
+            ("IMAPAccount a\nPass secret\\\n", 2, "escapes nothing"), // unterminated escape sequence
             ("IMAPAccount a\nPass a\\\tb\n", 2, "escapes nothing"),
         ];
         for (text, line, needle) in cases {
@@ -561,16 +561,118 @@ Channel bob
             assert_eq!(err.line, line, "{text:?}: {err}");
             assert!(err.message.contains(needle), "{text:?}: {err}");
         }
-        let nul = error("Channel a\nFar :r:\0\n");
-        assert_eq!(nul.line, 2);
-        assert!(nul.message.contains("NUL"));
         // An unterminated quote is refused anywhere, as mbsync does, even on an ignored line.
         assert_eq!(error("Whatever \"x\n").line, 1);
         // Display and Error.
-        let err = error("Channel a\n\nChannel a\n");
-        assert_eq!(err.to_string(), "line 3: a second Channel named 'a': channel names must be unique");
+        let err = error("Channel a\n\nChannel\n");
+        assert_eq!(err.to_string(), "line 3: 'Channel' needs a name, as in 'Channel NAME'");
         let boxed: Box<dyn std::error::Error> = Box::new(err);
         assert!(boxed.to_string().starts_with("line 3: "));
+    }
+
+    /// Two channels of one name (a copy-paste slip): mbsync 1.4.4 accepts the file, and
+    /// `mbsync dup` syncs the first (`main.c` `add_named_channel` takes the first `strcmp` hit;
+    /// checked with `mbsync -l dup`). `-a` would sync both.
+    #[test]
+    fn duplicate_channels_are_kept_and_the_first_wins() {
+        let config = ok("Channel dup\nFar :f1:\nNear :n1:\n\nChannel dup\nFar :f2:\nNear :n2:\n\n\
+            Channel other\nFar :f2:\nNear :n2:\n");
+        assert_eq!(config.channels.len(), 3);
+        assert_eq!(config.account_names(), names(&["dup", "other"]));
+        assert_eq!(config.channel("dup").and_then(|c| c.far.as_deref()), Some("f1"));
+        assert_eq!(config.channels_of("dup"), Some(names(&["dup"])));
+    }
+
+    /// Two groups of one name: accepted, and `mbsync g` runs the first (`main.c`, the `groups`
+    /// loop stops at the first match).
+    #[test]
+    fn duplicate_groups_are_kept_and_the_first_wins() {
+        let config = ok("Channel a\nFar :r:\nNear :l:\n\nChannel b\nFar :r:\nNear :l:\n\n\
+            Group g a\n\nGroup g b\n\nGroup h b\n");
+        assert_eq!(config.groups.len(), 3);
+        assert_eq!(config.account_names(), names(&["a", "b", "g", "h"]));
+        assert_eq!(config.channels_of("g"), Some(names(&["a"])));
+    }
+
+    /// `Group g a b` with `b` undefined: accepted (`load_config` stores member strings without
+    /// looking them up); `mbsync g` reports b and syncs a, exit 1.
+    #[test]
+    fn undefined_group_members_are_accepted_and_resolve_to_nothing() {
+        let config = ok("Channel a\nFar :r:\nNear :l:\n\nGroup g a b nochan:INBOX\nChannel :INBOX\n\n\
+            Group empty nothing\n\nGroup nested g\n");
+        assert_eq!(config.group("g").map(|g| g.channels.clone()), Some(names(&["a", "b", "nochan", ""])));
+        assert_eq!(config.channels_of("g"), Some(names(&["a"])));
+        assert_eq!(config.channels_of("empty"), Some(Vec::new()));
+        // A member is only ever a channel: mbsync does not expand a group inside a group.
+        assert_eq!(config.channels_of("nested"), Some(Vec::new()));
+        assert_eq!(config.account_names(), names(&["a", "g", "empty", "nested"]));
+    }
+
+    /// A shape from public dotfiles: isync 1.3 keywords, inline stores, `Channels` lines,
+    /// `chan:box1,box2` members, indentation, quoted names with spaces, comments everywhere.
+    #[test]
+    fn dotfile_shapes() {
+        let text = r#"# ~/.mbsyncrc
+IMAPStore gmail-remote
+    Host imap.gmail.com
+    User me@gmail.com
+    PassCmd "pass show mail/gmail | head -n1"
+    SSLType IMAPS
+
+MaildirStore gmail-local
+    Path ~/Mail/gmail/
+    Inbox ~/Mail/gmail/Inbox
+    # a comment line does not end the section
+    SubFolders Verbatim
+
+Channel gmail-inbox
+    Master :gmail-remote:
+    Slave  :gmail-local:Inbox
+    Create Slave
+    Expunge Both
+
+Channel "gmail sent"
+    Master ":gmail-remote:[Gmail]/Sent Mail"
+    Slave :gmail-local:Sent
+
+Channel work
+    Far :gmail-remote:
+    Near :gmail-local:work
+    Patterns * !Trash
+
+Group gmail
+    Channels gmail-inbox "gmail sent"
+    Channel work:INBOX,Archive
+
+Group two gmail-inbox work:INBOX
+"#;
+        let config = ok(text);
+        assert_eq!(config.account_names(), names(&["gmail-inbox", "gmail sent", "work", "gmail", "two"]));
+        assert_eq!(config.channels_of("gmail"), Some(names(&["gmail-inbox", "gmail sent", "work"])));
+        assert_eq!(config.channels_of("two"), Some(names(&["gmail-inbox", "work"])));
+        let sent = config.channel("gmail sent").expect("quoted channel name");
+        assert_eq!((sent.far.as_deref(), sent.near.as_deref()), (Some("gmail-remote"), Some("gmail-local")));
+        assert_eq!(config.store("gmail-local").and_then(|s| s.path.as_deref()), Some("~/Mail/gmail/"));
+    }
+
+    /// What mbsync's tokenizer takes that looks odd: an empty name, an empty store name, a NUL
+    /// byte (the rest of the line is never read), bytes that are no UTF-8, and `\` before a
+    /// control byte (the escape waits for the next printable byte).
+    #[test]
+    fn tokenizer_quirks_mbsync_accepts() {
+        let config =
+            ok("Channel \"\"\nFar :r:\nNear :l:\n\nMaildirStore \"\"\n\nChannel e\nFar :::\nNear ::\n");
+        assert_eq!(config.channels[0].name, "");
+        assert_eq!(config.channels[1].far.as_deref(), Some(""));
+        let nul = ok("Channel a\0 junk \"\nFar :r:\nNear :l:\n");
+        assert_eq!(nul.account_names(), names(&["a"]));
+        let latin1 =
+            parse_bytes(b"# caf\xe9\nIMAPAccount a\nPass caf\xe9\n\nChannel caf\xe9\n\nChannel ok\n")
+                .expect("Latin-1 bytes are no error");
+        assert_eq!(latin1.account_names(), names(&["ok"]), "a name that is no UTF-8 is left out");
+        assert_eq!(words(b"a\\\x01b"), Ok(vec!["a\x01b".to_owned()]));
+        assert_eq!(words(b"a\\\xc3\xa9"), Err(BAD_ESCAPE.to_owned()), "bytes >= 0x80 are negative chars");
+        assert_eq!(words(b"a\\\xc3\xa9b"), Ok(vec!["a\u{e9}b".to_owned()]));
     }
 
     /// Deterministic xorshift64 so that every failure can be replayed.

@@ -150,10 +150,57 @@ async fn corrupt_mbsyncrc_is_a_config_error_and_recovers() {
         );
         let err = svc.list_accounts().await.unwrap_err();
         let text = zbus::DBusError::description(&err).unwrap_or_default();
-        assert!(text.contains(".mbsyncrc") && text.contains("line"), "names the file and line: {text}");
+        // mbsync's own words: `FILE:LINE: parameter missing` for the nameless Channel.
+        let line = good.lines().count() + 2;
+        let at = format!("{}:{line}: ", tb.mbsyncrc().display());
+        assert!(text.contains(&at), "names the file and line ({at}): {text}");
         std::fs::write(tb.mbsyncrc(), good).unwrap();
         assert_eq!(svc.list_accounts().await.unwrap().len(), 3);
         assert!(mbsync_pids_for(&tb.mbsyncrc()).is_empty());
+        drop(daemon);
+    })
+    .await;
+}
+
+/// A keyword the installed mbsync does not know (the service's own reader skips unknown
+/// keywords, since they differ between isync versions): mbsync's verdict is the service's.
+#[tokio::test]
+async fn mbsyncrc_the_installed_mbsync_refuses_is_a_config_error_with_its_message() {
+    with_timeout(async {
+        let tb = Testbed::new(SPEC);
+        let good = std::fs::read_to_string(tb.mbsyncrc()).unwrap();
+        let World { svc, conn: _conn, daemon, bus: _bus, tb } = World::around(tb).await;
+        // After the first account's AuthMechs line, in its IMAPAccount section.
+        let (head, tail) = good.split_once("AuthMechs PLAIN\n").expect("testbed config shape");
+        let bad = format!("{head}AuthMechs PLAIN\nHimalayaBogusKeyword yes\n{tail}");
+        let line = head.lines().count() + 2;
+        std::fs::write(tb.mbsyncrc(), bad).unwrap();
+        let expected = format!(
+            "{}:{line}: keyword 'HimalayaBogusKeyword' is not recognized in IMAPAccount sections",
+            tb.mbsyncrc().display()
+        );
+        for (method, result) in
+            [("ListAccounts", svc.list_accounts().await.map(|_| ())), ("Sync", svc.sync("alice").await)]
+        {
+            let err = result.expect_err(method);
+            assert_eq!(
+                zbus::DBusError::name(&err).to_string(),
+                "org.himalaya.Sync.Error.ConfigError",
+                "{method}"
+            );
+            let text = zbus::DBusError::description(&err).unwrap_or_default();
+            assert!(text.contains(&expected), "{method}: mbsync's own message: {text}");
+        }
+        assert!(mbsync_pids_for(&tb.mbsyncrc()).is_empty(), "no sync was started");
+        // Fixed: the accounts come back, and a sync runs.
+        std::fs::write(tb.mbsyncrc(), &good).unwrap();
+        let mut accounts = svc.list_accounts().await.unwrap();
+        accounts.sort();
+        assert_eq!(accounts, ["alice", "bob", "everyone"]);
+        let mut finished = svc.receive_sync_finished().await.unwrap();
+        svc.sync("bob").await.unwrap();
+        let s = finished.next().await.unwrap();
+        assert!(s.args().unwrap().ok, "{}", s.args().unwrap().message);
         drop(daemon);
     })
     .await;

@@ -36,7 +36,7 @@ use tokio::{sync::mpsc, task::JoinHandle};
 use crate::{
     config::{self, Config, Paths},
     error::{Error, Result},
-    foreign,
+    foreign, mbsync_check,
     mbsyncrc::{self, MbsyncConfig},
     names,
     progress::{Outcome, Progress, Record},
@@ -138,6 +138,8 @@ struct Shared<L> {
 struct Inner {
     /// The parsed mbsync config, or why it could not be read.
     mbsync: std::result::Result<MbsyncConfig, String>,
+    /// The installed mbsync's verdict on the config file, asked once per change of the file.
+    mbsync_check: mbsync_check::Cache,
     accounts: BTreeMap<String, Slot>,
     /// channel -> the account whose run holds it.
     busy: BTreeMap<String, String>,
@@ -183,6 +185,7 @@ impl<L: Locks> Core<L> {
         let state = store.load();
         let mut inner = Inner {
             mbsync: Err(String::new()),
+            mbsync_check: mbsync_check::Cache::default(),
             accounts: BTreeMap::new(),
             busy: BTreeMap::new(),
             externals: BTreeMap::new(),
@@ -190,7 +193,7 @@ impl<L: Locks> Core<L> {
             store,
             shutting_down: false,
         };
-        reload_into(&mut inner, &settings.mbsync_config);
+        reload_into(&mut inner, &settings);
         if let Err(err) = &inner.mbsync {
             tracing::warn!("{err}");
         }
@@ -206,7 +209,7 @@ impl<L: Locks> Core<L> {
     /// Re-read the mbsync config; tells the world when the accounts changed.
     fn reload(&self, inner: &mut Inner) {
         let before: Vec<String> = inner.accounts.keys().cloned().collect();
-        reload_into(inner, &self.shared.settings.mbsync_config);
+        reload_into(inner, &self.shared.settings);
         let after: Vec<String> = inner.accounts.keys().cloned().collect();
         if before != after {
             self.emit(CoreEvent::AccountsChanged(after));
@@ -662,13 +665,22 @@ impl Inner {
 
 /// Read and parse the mbsync config into `inner`, keeping the slots of accounts that remain
 /// (and of running ones even if they vanished from the file).
-fn reload_into(inner: &mut Inner, path: &std::path::Path) {
-    let parsed = std::fs::read(path)
-        .map_err(|err| format!("cannot read the mbsync config {}: {err}", path.display()))
+///
+/// A file the installed mbsync refuses is refused here too, with mbsync's own `FILE:LINE:`
+/// message; mbsync is asked only when the file changed (see `mbsync_check`).
+fn reload_into(inner: &mut Inner, settings: &Settings) {
+    let path = &settings.mbsync_config;
+    let program = || config::find_program(&settings.config.mbsync, std::env::var_os("PATH").as_deref());
+    let parsed = inner
+        .mbsync_check
+        .check(path, program)
+        .map_err(|err| format!("mbsync refuses the config file {}: {err}; fix what it names", path.display()))
+        .and_then(|()| {
+            std::fs::read(path)
+                .map_err(|err| format!("cannot read the mbsync config {}: {err}", path.display()))
+        })
         .and_then(|bytes| {
-            let text = String::from_utf8(bytes)
-                .map_err(|_| format!("the mbsync config {} is not valid UTF-8", path.display()))?;
-            mbsyncrc::parse(&text)
+            mbsyncrc::parse_bytes(&bytes)
                 .map_err(|err| format!("the mbsync config {} is invalid: {err}", path.display()))
         });
     // A broken edit loses nothing: the accounts (and their progress) of the last good read stay
