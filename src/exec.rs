@@ -26,8 +26,8 @@ use crate::{
         record::to_dict,
     },
     config,
-    core::{LockError, Locks, Settings, validate_name},
-    foreign, mbsyncrc,
+    core::{LockError, Locks, Settings, read_mbsync_config, validate_name},
+    foreign, mbsync_check, mbsyncrc,
     parser::Event,
     progress::{Owner, Progress, Record},
     run::{self, Stop},
@@ -69,12 +69,7 @@ pub async fn exec(settings: Settings, account: &str, handoff: bool) -> ExitCode 
         return fail(1, &err.to_string());
     }
     let rc = &settings.mbsync_config;
-    let parsed = std::fs::read_to_string(rc)
-        .map_err(|e| format!("cannot read the mbsync config {}: {e}", rc.display()))
-        .and_then(|text| {
-            mbsyncrc::parse(&text).map_err(|e| format!("the mbsync config {} is invalid: {e}", rc.display()))
-        });
-    let config = match parsed {
+    let config = match read_mbsync_config(&mut mbsync_check::Cache::default(), &settings) {
         Ok(config) => config,
         Err(message) => return fail(1, &message),
     };

@@ -90,7 +90,11 @@ async fn sigterm_and_sigint_interrupt_syncs_and_the_next_start_resumes_them() {
                 .await
                 .unwrap_or_else(|_| panic!("SIG{signal}: no SyncFinished before exit"))
                 .unwrap();
-            assert!(end.args().unwrap().message.starts_with("sync interrupted"), "{}", end.args().unwrap().message);
+            assert!(
+                end.args().unwrap().message.starts_with("sync interrupted"),
+                "{}",
+                end.args().unwrap().message
+            );
             let state =
                 std::fs::read_to_string(tb.home().join(".local/state/himalaya-sync/state.json")).unwrap();
             assert!(state.contains("\"interrupted\": true"), "{state}");

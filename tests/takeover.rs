@@ -1,5 +1,5 @@
-//! One mbsync per account, whoever started it: external syncs are seen, TakeOver stops them and
-//! restarts their scope under the service, RequestHandoff asks an `exec` holder to hand over.
+//! One mbsync per account, whoever started it: external syncs are seen, `TakeOver` stops them and
+//! restarts their scope under the service, `RequestHandoff` asks an `exec` holder to hand over.
 //! Real mbsync, Dovecot behind the throttling proxy, a private bus, the real daemon and `exec`;
 //! a sampler reads /proc every few ms and fails the test if two mbsync ever sync one channel.
 
@@ -37,7 +37,10 @@ async fn wait_external(w: &World, account: &str, owner: &str) -> Dict {
 }
 
 /// Wait for the service's own run of `account` to end; whether it succeeded, and its message.
-async fn finished(stream: &mut himalaya_sync::bus::service::SyncFinishedStream, account: &str) -> (bool, String) {
+async fn finished(
+    stream: &mut himalaya_sync::bus::service::SyncFinishedStream,
+    account: &str,
+) -> (bool, String) {
     loop {
         let s = stream.next().await.expect("the service went away");
         let args = s.args().unwrap();
@@ -160,7 +163,10 @@ async fn handoff_from_exec_to_the_service() {
         let answer = w.svc.request_handoff("alice", 5000).await.unwrap();
         assert_eq!(get::<String>(&answer, "stopped_owner").as_deref(), Some("client"));
         assert_eq!(strings(&answer, "restarted"), ["alice"]);
-        assert_eq!(get::<String>(&w.svc.get_progress("alice").await.unwrap(), "owner").as_deref(), Some("service"));
+        assert_eq!(
+            get::<String>(&w.svc.get_progress("alice").await.unwrap(), "owner").as_deref(),
+            Some("service")
+        );
         let exec = exec.wait(Duration::from_secs(10));
         exec.assert_code(0, "exec after a handoff");
         w.tb.proxy.set_rate(None);
@@ -183,7 +189,11 @@ async fn exec_no_handoff_refuses_and_finishes_its_run() {
         let owner = name_owner(&w.conn, "org.himalaya.Sync.Lock.alice").await;
         let result = w.svc.request_handoff("alice", 2000).await;
         assert_eq!(error_name(result), "org.himalaya.Sync.Error.HandoffRefused");
-        assert_eq!(name_owner(&w.conn, "org.himalaya.Sync.Lock.alice").await, owner, "the holder keeps its lock");
+        assert_eq!(
+            name_owner(&w.conn, "org.himalaya.Sync.Lock.alice").await,
+            owner,
+            "the holder keeps its lock"
+        );
         exec.wait(LONG).assert_code(0, "exec --no-handoff");
         wait_until("alice to be idle again", LONG, || async {
             state(&w.svc.get_progress("alice").await.unwrap()) == "idle"
@@ -270,10 +280,10 @@ async fn concurrent_takeovers_and_syncs_have_one_winner() {
 
         let bare = w.tb.spawn_mbsync(&["alice"]);
         wait_external(&w, "alice", "process").await;
-        let (a, b) = tokio::join!(w.svc.take_over("alice"), w.svc.take_over("alice"));
-        let oks = [a.is_ok(), b.is_ok()].iter().filter(|ok| **ok).count();
-        assert_eq!(oks, 1, "exactly one TakeOver wins: {a:?} {b:?}");
-        let loser = if a.is_ok() { b } else { a };
+        let (first, second) = tokio::join!(w.svc.take_over("alice"), w.svc.take_over("alice"));
+        let oks = [first.is_ok(), second.is_ok()].iter().filter(|ok| **ok).count();
+        assert_eq!(oks, 1, "exactly one TakeOver wins: {first:?} {second:?}");
+        let loser = if first.is_ok() { second } else { first };
         assert_eq!(error_name(loser), "org.himalaya.Sync.Error.AlreadySyncing");
         drop(bare);
         w.svc.cancel("alice").await.unwrap();
@@ -281,13 +291,13 @@ async fn concurrent_takeovers_and_syncs_have_one_winner() {
 
         let bare = w.tb.spawn_mbsync(&["alice"]);
         wait_external(&w, "alice", "process").await;
-        let (t, s) = tokio::join!(w.svc.take_over("alice"), w.svc.sync("alice"));
-        match (&t, &s) {
-            (Ok(_), Err(_)) => assert_eq!(error_name(s), "org.himalaya.Sync.Error.AlreadySyncing"),
+        let (took, synced) = tokio::join!(w.svc.take_over("alice"), w.svc.sync("alice"));
+        match (&took, &synced) {
+            (Ok(_), Err(_)) => assert_eq!(error_name(synced), "org.himalaya.Sync.Error.AlreadySyncing"),
             // Sync came first: it refuses (a bare mbsync runs), and the takeover saw it reserved.
             (Err(_), Err(_)) => {
-                assert_eq!(error_name(t), "org.himalaya.Sync.Error.AlreadySyncing");
-                assert_eq!(error_name(s), "org.himalaya.Sync.Error.LockedElsewhere");
+                assert_eq!(error_name(took), "org.himalaya.Sync.Error.AlreadySyncing");
+                assert_eq!(error_name(synced), "org.himalaya.Sync.Error.LockedElsewhere");
                 w.svc.take_over("alice").await.unwrap();
             }
             other => panic!("both cannot win: {other:?}"),
@@ -322,7 +332,11 @@ async fn a_sync_that_ends_during_the_takeover() {
                     outcomes.push("taken over");
                 }
                 Err(err) => {
-                    assert_eq!(zbus::DBusError::name(&err).as_str(), "org.himalaya.Sync.Error.NotRunning", "{err:?}");
+                    assert_eq!(
+                        zbus::DBusError::name(&err).as_str(),
+                        "org.himalaya.Sync.Error.NotRunning",
+                        "{err:?}"
+                    );
                     outcomes.push("not running");
                 }
             }
@@ -354,7 +368,8 @@ async fn handoff_to_a_holder_that_never_answers_times_out() {
         let w = World::start(&[("bob", "INBOX", 20)]).await;
         let holder = support::daemon::connect(w.bus.address()).await;
         holder.object_server().at("/org/himalaya/Sync/LockHolder", Silent).await.unwrap();
-        let flags = zbus::fdo::RequestNameFlags::DO_NOT_QUEUE | zbus::fdo::RequestNameFlags::ALLOW_REPLACEMENT;
+        let flags =
+            zbus::fdo::RequestNameFlags::DO_NOT_QUEUE | zbus::fdo::RequestNameFlags::ALLOW_REPLACEMENT;
         holder.request_name_with_flags("org.himalaya.Sync.Lock.bob", flags).await.unwrap();
         wait_external(&w, "bob", "client").await;
         let started = std::time::Instant::now();
@@ -371,8 +386,10 @@ async fn handoff_to_a_holder_that_never_answers_times_out() {
         // Still usable: the holder lets go, the account is the service's again. (Closed, not
         // dropped: its pending Handoff call keeps the connection alive.)
         holder.close().await.unwrap();
-        wait_until("bob to be idle", LONG, || async { state(&w.svc.get_progress("bob").await.unwrap()) == "idle" })
-            .await;
+        wait_until("bob to be idle", LONG, || async {
+            state(&w.svc.get_progress("bob").await.unwrap()) == "idle"
+        })
+        .await;
         w.svc.sync("bob").await.unwrap();
     })
     .await;
@@ -392,7 +409,8 @@ async fn a_holder_that_ignores_name_lost_is_stopped_after_the_grace() {
         // This test process is the holder: it takes the lock, runs mbsync as its child, and
         // never looks at NameLost.
         let holder = support::daemon::connect(w.bus.address()).await;
-        let flags = zbus::fdo::RequestNameFlags::DO_NOT_QUEUE | zbus::fdo::RequestNameFlags::ALLOW_REPLACEMENT;
+        let flags =
+            zbus::fdo::RequestNameFlags::DO_NOT_QUEUE | zbus::fdo::RequestNameFlags::ALLOW_REPLACEMENT;
         holder.request_name_with_flags("org.himalaya.Sync.Lock.alice", flags).await.unwrap();
         let child = w.tb.spawn_mbsync(&["alice"]);
         wait_external(&w, "alice", "client").await;
@@ -432,7 +450,8 @@ async fn takeover_never_signals_what_is_not_our_mbsync() {
         let mut sleeper = std::process::Command::new("sleep").arg("60").spawn().unwrap();
         let holder = support::daemon::connect(w.bus.address()).await;
         holder.object_server().at("/org/himalaya/Sync/LockHolder", Liar { pid: sleeper.id() }).await.unwrap();
-        let flags = zbus::fdo::RequestNameFlags::DO_NOT_QUEUE | zbus::fdo::RequestNameFlags::ALLOW_REPLACEMENT;
+        let flags =
+            zbus::fdo::RequestNameFlags::DO_NOT_QUEUE | zbus::fdo::RequestNameFlags::ALLOW_REPLACEMENT;
         holder.request_name_with_flags("org.himalaya.Sync.Lock.bob", flags).await.unwrap();
         wait_external(&w, "bob", "client").await;
         let answer = w.svc.take_over("bob").await.unwrap();

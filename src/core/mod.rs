@@ -663,26 +663,32 @@ impl Inner {
     }
 }
 
+/// Read the mbsync config as the installed mbsync does: a file it refuses is refused with its own
+/// `FILE:LINE:` message (asked only when the file changed, through `check`), else the accounts.
+///
+/// # Errors
+/// Why the config cannot be used, for a person.
+pub fn read_mbsync_config(
+    check: &mut mbsync_check::Cache,
+    settings: &Settings,
+) -> Result<MbsyncConfig, String> {
+    let path = &settings.mbsync_config;
+    let program = || config::find_program(&settings.config.mbsync, std::env::var_os("PATH").as_deref());
+    check.check(path, program).map_err(|err| {
+        format!("mbsync refuses the config file {}: {err}; fix what it names", path.display())
+    })?;
+    let bytes = std::fs::read(path)
+        .map_err(|err| format!("cannot read the mbsync config {}: {err}", path.display()))?;
+    mbsyncrc::parse_bytes(&bytes)
+        .map_err(|err| format!("the mbsync config {} is invalid: {err}", path.display()))
+}
+
 /// Read and parse the mbsync config into `inner`, keeping the slots of accounts that remain
 /// (and of running ones even if they vanished from the file).
 ///
-/// A file the installed mbsync refuses is refused here too, with mbsync's own `FILE:LINE:`
-/// message; mbsync is asked only when the file changed (see `mbsync_check`).
+/// A file the installed mbsync refuses is refused (see [`read_mbsync_config`]).
 fn reload_into(inner: &mut Inner, settings: &Settings) {
-    let path = &settings.mbsync_config;
-    let program = || config::find_program(&settings.config.mbsync, std::env::var_os("PATH").as_deref());
-    let parsed = inner
-        .mbsync_check
-        .check(path, program)
-        .map_err(|err| format!("mbsync refuses the config file {}: {err}; fix what it names", path.display()))
-        .and_then(|()| {
-            std::fs::read(path)
-                .map_err(|err| format!("cannot read the mbsync config {}: {err}", path.display()))
-        })
-        .and_then(|bytes| {
-            mbsyncrc::parse_bytes(&bytes)
-                .map_err(|err| format!("the mbsync config {} is invalid: {err}", path.display()))
-        });
+    let parsed = read_mbsync_config(&mut inner.mbsync_check, settings);
     // A broken edit loses nothing: the accounts (and their progress) of the last good read stay
     // visible; what needs the config answers ConfigError until it is fixed.
     let Ok(config) = &parsed else {

@@ -150,7 +150,9 @@ impl<L: Locks> Core<L> {
             0 => return Err(Error::NotRunning { account: account.into() }),
             1 => holders.into_iter().next().expect("one holder"),
             n => {
-                return Err(refused(format!("its channels are held by {n} different programs; use TakeOver")));
+                return Err(refused(format!(
+                    "its channels are held by {n} different programs; use TakeOver"
+                )));
             }
         };
         let scope = self.widen(account, config, &mut targets, reserved)?;

@@ -43,14 +43,22 @@ impl Seen {
     pub fn assert_no_overlap(&self) {
         assert!(self.samples > 10, "the sampler took only {} samples", self.samples);
         if let Some((channel, commands)) = &self.overlap {
-            panic!("two mbsync synced channel {channel} at once: {commands:?} (max per channel: {:?})", self.max_per_channel);
+            panic!(
+                "two mbsync synced channel {channel} at once: {commands:?} (max per channel: {:?})",
+                self.max_per_channel
+            );
         }
     }
 }
 
 fn argv(pid: u32) -> Vec<String> {
     std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|c| c.split(|&b| b == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).into_owned()).collect())
+        .map(|c| {
+            c.split(|&b| b == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -68,11 +76,12 @@ impl Sampler {
                     let mut per_channel: BTreeMap<String, Vec<Vec<String>>> = BTreeMap::new();
                     for pid in mbsync_pids_for(&rc) {
                         let argv = argv(pid);
-                        let channels: Vec<String> = match synced_channels(argv.get(1..).unwrap_or_default(), &config) {
-                            Synced::All => config.channels.iter().map(|c| c.name.clone()).collect(),
-                            Synced::Channels(set) => set.into_iter().collect(),
-                            Synced::Nothing => Vec::new(),
-                        };
+                        let channels: Vec<String> =
+                            match synced_channels(argv.get(1..).unwrap_or_default(), &config) {
+                                Synced::All => config.channels.iter().map(|c| c.name.clone()).collect(),
+                                Synced::Channels(set) => set.into_iter().collect(),
+                                Synced::Nothing => Vec::new(),
+                            };
                         for channel in channels {
                             per_channel.entry(channel).or_default().push(argv.clone());
                         }
