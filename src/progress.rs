@@ -208,7 +208,8 @@ impl Progress {
                 r.operation = Some(op.clone());
                 changed
             }
-            Event::Info(_) => false,
+            // Applied by the model from the next commit on.
+            Event::Info(_) | Event::Summary(_) => false,
         };
         let r = &self.record;
         let estimates = (r.rate, r.eta_s, r.percent);
