@@ -1,15 +1,20 @@
 //! End-to-end scenarios of the service: a private dbus-daemon, a private Dovecot, real mbsync,
-//! the real daemon binary. Each test has its own everything and a hard timeout.
+//! the real daemon binary. Each test has its own everything and a hard timeout. The main
+//! scenarios run with isync 1.4 and 1.5 (`..._isync14`, `..._isync15`), which print progress
+//! differently.
 
 mod support;
 
-use std::{collections::HashMap, time::Duration};
+use std::time::Duration;
 
 use futures_util::StreamExt;
-use support::daemon::{World, connect, error_name, get, mbsync_pids_for, service, wait_until, with_timeout};
-use zbus::OwnedVariant;
-
-type Dict = HashMap<String, OwnedVariant>;
+use support::{
+    MbsyncVersion::{self, Isync14, Isync15},
+    daemon::{
+        Dict, World, assert_progress_is_honest, connect, describe, error_name, get, mbsync_pids_for,
+        read_until_final, service, wait_until, with_timeout,
+    },
+};
 
 /// alice: 2,000 + 500 + 50 messages; bob: 20.
 const SPEC: &[(&str, &str, usize)] =
@@ -20,10 +25,9 @@ fn state(d: &Dict) -> String {
 }
 
 /// Scenario 1: a 2,550-message sync reports growing progress up to the total and ends exact.
-#[tokio::test]
-async fn full_sync_reports_growing_progress_and_ends_exact() {
+async fn full_sync_reports_growing_progress_and_ends_exact(version: MbsyncVersion) {
     with_timeout(async {
-        let w = World::start(SPEC).await;
+        let w = World::start_with(version, SPEC).await;
         // About 1.4 MB through the proxy at 400 KB/s: a few seconds, long enough to watch.
         w.tb.proxy.set_rate(Some(400_000));
         let svc = &w.svc;
@@ -71,10 +75,8 @@ async fn full_sync_reports_growing_progress_and_ends_exact() {
         };
         assert!(ok, "sync failed: {message}\n{}", w.daemon.log());
         assert!(checked_mid_sync, "never saw the sync mid-way: {} signals", records.len());
-        // Drain what was sent just before SyncFinished.
-        while let Ok(Some(s)) = tokio::time::timeout(Duration::from_millis(200), progress.next()).await {
-            records.push(s.args().unwrap().progress);
-        }
+        read_until_final(&mut progress, "alice", &mut records).await;
+        assert_progress_is_honest(&records, true);
         let done: Vec<u32> = records.iter().filter_map(|r| get::<u32>(r, "messages_done")).collect();
         assert!(done.windows(2).all(|w| w[0] <= w[1]), "messages_done went backwards: {done:?}");
         assert!(done.len() >= 5, "too few progress updates: {done:?}");
@@ -87,6 +89,8 @@ async fn full_sync_reports_growing_progress_and_ends_exact() {
         assert_eq!(get::<String>(last, "last_result").as_deref(), Some("ok"));
         assert_eq!(get::<u32>(last, "messages_done"), Some(2550));
         assert_eq!(get::<u32>(last, "messages_total"), Some(2550));
+        assert_eq!(get::<u32>(last, "boxes_total"), Some(3), "{}", describe(&records));
+        assert_eq!(get::<u32>(last, "channels_total"), Some(1));
         // At most ~10 signals per second (plus the first and the final one).
         let span = times.last().unwrap().duration_since(times[0]).as_secs_f64();
         assert!(
@@ -99,15 +103,25 @@ async fn full_sync_reports_growing_progress_and_ends_exact() {
     .await;
 }
 
+#[tokio::test]
+async fn full_sync_reports_growing_progress_and_ends_exact_isync14() {
+    full_sync_reports_growing_progress_and_ends_exact(Isync14).await;
+}
+
+#[tokio::test]
+async fn full_sync_reports_growing_progress_and_ends_exact_isync15() {
+    full_sync_reports_growing_progress_and_ends_exact(Isync15).await;
+}
+
 /// Scenario 2: a second Sync is refused (also through a group sharing the channel); Cancel
 /// stops mbsync; a re-sync is exact.
-#[tokio::test]
-async fn second_sync_is_refused_and_cancel_stops_safely() {
+async fn second_sync_is_refused_and_cancel_stops_safely(version: MbsyncVersion) {
     with_timeout(async {
-        let w = World::start(SPEC).await;
+        let w = World::start_with(version, SPEC).await;
         w.tb.proxy.set_rate(Some(100_000));
         let svc = &w.svc;
         let mut finished = svc.receive_sync_finished().await.unwrap();
+        let mut progress = svc.receive_progress_changed().await.unwrap();
         svc.sync("alice").await.unwrap();
         assert_eq!(error_name(svc.sync("alice").await), "org.himalaya.Sync.Error.AlreadySyncing");
         assert_eq!(error_name(svc.sync("everyone").await), "org.himalaya.Sync.Error.AlreadySyncing");
@@ -122,6 +136,10 @@ async fn second_sync_is_refused_and_cancel_stops_safely() {
         let args = finished.next().await.unwrap();
         let args = args.args().unwrap();
         assert_eq!((args.account, args.ok, args.message), ("alice", false, "sync cancelled"));
+        let mut records = Vec::new();
+        read_until_final(&mut progress, "alice", &mut records).await;
+        assert_progress_is_honest(&records, false);
+        assert_eq!(get::<String>(records.last().unwrap(), "last_result").as_deref(), Some("cancelled"));
         assert!(
             !std::path::Path::new(&format!("/proc/{pid}")).exists()
                 || mbsync_pids_for(&w.tb.mbsyncrc()).is_empty()
@@ -138,16 +156,28 @@ async fn second_sync_is_refused_and_cancel_stops_safely() {
         let args = finished.next().await.unwrap();
         let args = args.args().unwrap();
         assert!(args.ok, "re-sync failed: {}", args.message);
+        let mut records = Vec::new();
+        read_until_final(&mut progress, "alice", &mut records).await;
+        assert_progress_is_honest(&records, true);
         w.tb.assert_in_sync("alice");
     })
     .await;
 }
 
-/// Scenario 3: two clients watching one sync both see the final state of every change.
 #[tokio::test]
-async fn two_clients_see_the_same_final_state() {
+async fn second_sync_is_refused_and_cancel_stops_safely_isync14() {
+    second_sync_is_refused_and_cancel_stops_safely(Isync14).await;
+}
+
+#[tokio::test]
+async fn second_sync_is_refused_and_cancel_stops_safely_isync15() {
+    second_sync_is_refused_and_cancel_stops_safely(Isync15).await;
+}
+
+/// Scenario 3: two clients watching one sync both see the final state of every change.
+async fn two_clients_see_the_same_final_state(version: MbsyncVersion) {
     with_timeout(async {
-        let w = World::start(SPEC).await;
+        let w = World::start_with(version, SPEC).await;
         w.tb.proxy.set_rate(Some(400_000));
         let (c1, c2) = (connect(w.bus.address()).await, connect(w.bus.address()).await);
         let (s1, s2) = (service(&c1).await, service(&c2).await);
@@ -160,17 +190,13 @@ async fn two_clients_see_the_same_final_state() {
         let mut lasts = Vec::new();
         let mut states = Vec::new();
         for stream in &mut streams {
-            let mut last: Option<Dict> = None;
-            let mut seen = Vec::new();
-            while let Ok(Some(s)) = tokio::time::timeout(Duration::from_millis(300), stream.next()).await {
-                let args = s.args().unwrap();
-                assert_eq!(args.account, "everyone");
-                seen.push(state(&args.progress));
-                last = Some(args.progress);
-            }
+            let mut records: Vec<Dict> = Vec::new();
+            read_until_final(stream, "everyone", &mut records).await;
+            assert_progress_is_honest(&records, true);
+            let mut seen: Vec<String> = records.iter().map(state).collect();
             seen.dedup();
             states.push(seen);
-            lasts.push(last.expect("no signal at all"));
+            lasts.push(records.pop().expect("no signal at all"));
         }
         assert_eq!(states[0], states[1], "both clients see the same state changes");
         assert_eq!(states[0].first().map(String::as_str), Some("syncing"));
@@ -180,10 +206,21 @@ async fn two_clients_see_the_same_final_state() {
         }
         assert_eq!(get::<u32>(&lasts[0], "messages_done"), Some(2570));
         assert_eq!(get::<u32>(&lasts[0], "channels_done"), Some(2));
+        assert_eq!(get::<u32>(&lasts[0], "boxes_done"), Some(4));
         w.tb.assert_in_sync("alice");
         w.tb.assert_in_sync("bob");
     })
     .await;
+}
+
+#[tokio::test]
+async fn two_clients_see_the_same_final_state_isync14() {
+    two_clients_see_the_same_final_state(Isync14).await;
+}
+
+#[tokio::test]
+async fn two_clients_see_the_same_final_state_isync15() {
+    two_clients_see_the_same_final_state(Isync15).await;
 }
 
 /// The lock: a channel whose lock name another connection owns is not synced; the error names
