@@ -56,6 +56,15 @@ async fn full_sync_reports_growing_progress_and_ends_exact(version: MbsyncVersio
                         assert_eq!(get::<String>(&now, "owner").as_deref(), Some("service"));
                         let cmd: Vec<String> = get(&now, "command").unwrap();
                         assert!(cmd.ends_with(&["-V".to_owned(), "alice".to_owned()]), "{cmd:?}");
+                        // The daemon runs the version under test (it resolves a bare name itself).
+                        let version_of = |program: &std::ffi::OsStr| {
+                            std::process::Command::new(program).arg("--version").output().unwrap().stdout
+                        };
+                        assert_eq!(
+                            version_of(cmd[0].as_ref()),
+                            version_of(w.tb.mbsync_program().as_os_str()),
+                            "{cmd:?}"
+                        );
                         assert_eq!(get::<u32>(&now, "owner_pid"), Some(w.daemon.pid()));
                         let started: u64 = get(&now, "started_at").unwrap();
                         let updated: u64 = get(&now, "last_update").unwrap();
@@ -111,6 +120,46 @@ async fn full_sync_reports_growing_progress_and_ends_exact_isync14() {
 #[tokio::test]
 async fn full_sync_reports_growing_progress_and_ends_exact_isync15() {
     full_sync_reports_growing_progress_and_ends_exact(Isync15).await;
+}
+
+/// The case: a big box, then the last one. A percentage appears only once the last
+/// box's messages are queued (not at "2000/2000" when the first box is done), only goes forward,
+/// and says 100 only at the end. The last box is slow enough (500 messages at 100 KB/s, about
+/// 3 s) to outlast the second the total must stay put before a percentage is shown.
+async fn percent_comes_with_the_last_box_and_only_goes_forward(version: MbsyncVersion) {
+    with_timeout(async {
+        let w = World::start_with(version, &[("alice", "INBOX", 200), ("alice", "Archive", 500)]).await;
+        w.tb.proxy.set_rate(Some(100_000));
+        let mut progress = w.svc.receive_progress_changed().await.unwrap();
+        let mut finished = w.svc.receive_sync_finished().await.unwrap();
+        w.svc.sync("alice").await.unwrap();
+        let end = finished.next().await.unwrap();
+        assert!(end.args().unwrap().ok, "{}", end.args().unwrap().message);
+        let mut records = Vec::new();
+        read_until_final(&mut progress, "alice", &mut records).await;
+        assert_progress_is_honest(&records, true);
+        let log = describe(&records);
+        let (last, before) = records.split_last().unwrap();
+        assert_eq!(get::<u32>(last, "messages_done"), Some(700), "{log}");
+        let with_percent: Vec<&Dict> = before.iter().filter(|r| get::<f64>(r, "percent").is_some()).collect();
+        assert!(!with_percent.is_empty(), "no percentage during the last box:\n{log}");
+        for r in with_percent {
+            assert_eq!(get::<u32>(r, "messages_total"), Some(700), "percent of a partial total:\n{log}");
+            assert_eq!(get::<String>(r, "mailbox").as_deref(), Some("Archive"), "{log}");
+        }
+        w.tb.assert_in_sync("alice");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn percent_comes_with_the_last_box_and_only_goes_forward_isync14() {
+    percent_comes_with_the_last_box_and_only_goes_forward(Isync14).await;
+}
+
+#[tokio::test]
+async fn percent_comes_with_the_last_box_and_only_goes_forward_isync15() {
+    percent_comes_with_the_last_box_and_only_goes_forward(Isync15).await;
 }
 
 /// Scenario 2: a second Sync is refused (also through a group sharing the channel); Cancel
