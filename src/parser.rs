@@ -1,14 +1,17 @@
 //! mbsync output parser: bytes from mbsync's stdout (a pty) in, [`Event`]s out.
 //!
 //! Pure: no I/O, no clocks, std only. The tests at the bottom run on captured real output in
-//! `tests/fixtures/captures/`.
+//! `tests/fixtures/captures/` (isync 1.4.4) and `tests/fixtures/captures-isync-1.5.1/`.
 //!
 //! What mbsync writes (isync 1.4.4, measured):
 //! * With stdout on a tty, progress records `\rC: a/b  B: c/d  F: ...  N: ...` with **no**
 //!   terminator: the `\r` of the next record (or a `\n`) ends one. [`Parser::feed`] therefore
 //!   reports a trailing record as soon as it is complete instead of waiting for its end.
 //! * With `-V`, one line per step (`Channel alice`, `Opening far side box INBOX...`).
-//! * Notices (`Maildir notice: ...`) and, in isync 1.5, a summary.
+//! * Notices (`Maildir notice: ...`).
+//! * isync 1.5 prints records at most every ~300 ms, so its last one is usually not the final
+//!   state (`N: +2472/2500`); at the end it blanks the line and prints a [`Summary`] of what was
+//!   done (`Channels: 1    Boxes: 2    Far: +0 *0 #0 -0    Near: +2500 *0 #0 -0`).
 //!
 //! Records cut by a narrow `COLUMNS` (`F: +0/0 *0~`) are dropped silently and only counted
 //! ([`Parser::dropped_records`]): their numbers are incomplete and [`Stats`] cannot mark a field
@@ -52,6 +55,34 @@ pub struct Stats {
     pub near: SideCounters,
 }
 
+/// What one side had done at the end: the `done` counts of a [`SideCounters`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct SideDone {
+    /// `+`: messages stored into this side.
+    pub new: u64,
+    /// `*`: flag updates written to this side.
+    pub flags: u64,
+    /// `#`: messages trashed from this side.
+    pub trashed: u64,
+    /// `-`: expunges.
+    pub expunged: Option<u64>,
+}
+
+/// isync 1.5's end-of-run summary, `Channels: 1    Boxes: 2    Far: +0 *0 #0 -0    Near: +2500
+/// *0 #0 -0`: the *done* counts of the whole run (main.c `summary()`). mbsync prints it after the
+/// sync, failed or not, unless no box at all was done.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Summary {
+    /// Channels done.
+    pub channels: u64,
+    /// Boxes done.
+    pub boxes: u64,
+    /// What was done to the far side.
+    pub far: SideDone,
+    /// What was done to the near side.
+    pub near: SideDone,
+}
+
 /// Which side of a channel a `-V` line speaks of.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Side {
@@ -66,6 +97,8 @@ pub enum Side {
 pub enum Event {
     /// A progress record.
     Stats(Stats),
+    /// The isync 1.5 summary at the end of a run.
+    Summary(Summary),
     /// `Channel NAME` (-V): a channel starts.
     Channel(String),
     /// `Opening far side box NAME...`, `Creating near side box NAME...` (-V): the box in work.
@@ -78,8 +111,8 @@ pub enum Event {
     /// Any other `-V` phase line, without its trailing `...`: `Connecting to 127.0.0.1
     /// (127.0.0.1:10143)`, `Logging in`, `Loading far side box`, `Synchronizing`.
     Operation(String),
-    /// Anything else mbsync prints on stdout (notices, the 1.5 summary, `Reading configuration
-    /// file ...`), trimmed.
+    /// Anything else mbsync prints on stdout (notices, `Reading configuration file ...`),
+    /// trimmed.
     Info(String),
 }
 
@@ -251,6 +284,9 @@ const MAILBOX_PREFIXES: [(&str, Side); 8] = [
 
 /// Classifies a trimmed, non-empty, non-record line.
 fn classify_text(text: &str) -> Event {
+    if let Some(summary) = parse_summary(text) {
+        return Event::Summary(summary);
+    }
     if let Some(name) = text.strip_prefix("Channel ") {
         let name = name.trim();
         if !name.is_empty() {
@@ -319,6 +355,39 @@ pub fn parse_stats(line: &str) -> Option<Stats> {
     (consistent && tokens.next().is_none()).then_some(Stats { channels, boxes, far, near })
 }
 
+/// Parse isync 1.5's summary line (see [`Summary`]); `None` if it is not one. Like
+/// [`parse_stats`]: any whitespace separates fields, both sides have the same fields, the `-`
+/// field may be missing on both (in case a version prints none), nothing extra.
+#[must_use]
+pub fn parse_summary(line: &str) -> Option<Summary> {
+    if line.len() > MAX_RECORD {
+        return None;
+    }
+    let mut tokens = line.split_ascii_whitespace().peekable();
+    label(&mut tokens, "Channels:")?;
+    let channels = number(tokens.next()?)?;
+    label(&mut tokens, "Boxes:")?;
+    let boxes = number(tokens.next()?)?;
+    label(&mut tokens, "Far:")?;
+    let far = side_done(&mut tokens)?;
+    label(&mut tokens, "Near:")?;
+    let near = side_done(&mut tokens)?;
+    let consistent = far.expunged.is_some() == near.expunged.is_some();
+    (consistent && tokens.next().is_none()).then_some(Summary { channels, boxes, far, near })
+}
+
+/// One side of the summary: `+a *b #c [-d]`.
+fn side_done<'a>(tokens: &mut std::iter::Peekable<impl Iterator<Item = &'a str>>) -> Option<SideDone> {
+    let mut count = |sign: char| number(tokens.next()?.strip_prefix(sign)?);
+    let (new, flags, trashed) = (count('+')?, count('*')?, count('#')?);
+    let expunged = if tokens.peek().is_some_and(|t| t.starts_with('-')) {
+        Some(number(tokens.next()?.strip_prefix('-')?)?)
+    } else {
+        None
+    };
+    Some(SideDone { new, flags, trashed, expunged })
+}
+
 /// The next token is exactly `want`.
 fn label<'a>(tokens: &mut impl Iterator<Item = &'a str>, want: &str) -> Option<()> {
     (tokens.next()? == want).then_some(())
@@ -378,8 +447,14 @@ mod tests {
         };
     }
 
-    /// Every capture the tests use, copied from the measurement notes.
-    const CAPTURES: [(&str, &[u8]); 14] = [
+    macro_rules! capture15 {
+        ($name:literal) => {
+            ($name, include_bytes!(concat!("../tests/fixtures/captures-isync-1.5.1/", $name)) as &[u8])
+        };
+    }
+
+    /// Every capture the tests use, copied from the measurement notes: isync 1.4.4, then 1.5.1.
+    const CAPTURES: [(&str, &[u8]); 21] = [
         capture!("a_plain_notty_initial.stdout"),
         capture!("b_verbose_notty_initial.stdout"),
         capture!("c_pty_columns40.stdout"),
@@ -394,6 +469,13 @@ mod tests {
         capture!("int_SIGTERM.run.stdout"),
         capture!("srvfail_kick.stdout"),
         capture!("srvfail_proxykill.stdout"),
+        capture!("pty_verbose_two_boxes.stdout"),
+        capture15!("pty_verbose_two_boxes.stdout"),
+        capture15!("notty_verbose_bob.stdout"),
+        capture15!("pty_plain_resync.raw"),
+        capture15!("pty_verbose_flags_expunge.raw"),
+        capture15!("pty_verbose_initial_alice.raw"),
+        capture15!("pty_verbose_wrong_password.raw"),
     ];
 
     fn capture(name: &str) -> &'static [u8] {
@@ -909,6 +991,137 @@ mod tests {
         );
     }
 
+    // ---- isync 1.5.1 ----
+
+    fn summaries_of(events: &[Event]) -> Vec<Summary> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Summary(s) => Some(*s),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn c15(new: Counter, flags: Counter) -> SideCounters {
+        SideCounters { new, flags, trashed: Z, expunged: Some(Z) }
+    }
+
+    fn done15(new: u64, flags: u64) -> SideDone {
+        SideDone { new, flags, trashed: 0, expunged: Some(0) }
+    }
+
+    #[test]
+    fn parses_isync_1_5_summary() {
+        let line = "Channels: 1    Boxes: 2    Far: +0 *41 #3 -4    Near: +2500 *5 #0 -6";
+        let want = Summary {
+            channels: 1,
+            boxes: 2,
+            far: SideDone { new: 0, flags: 41, trashed: 3, expunged: Some(4) },
+            near: SideDone { new: 2500, flags: 5, trashed: 0, expunged: Some(6) },
+        };
+        assert_eq!(parse_summary(line), Some(want));
+        assert_eq!(run(format!("{line}\n").as_bytes()), [Event::Summary(want)]);
+        let no_expunges =
+            parse_summary("Channels: 2 Boxes: 4 Far: +1 *2 #3 Near: +4 *5 #6").expect("summary");
+        assert_eq!(no_expunges.near, SideDone { new: 4, flags: 5, trashed: 6, expunged: None });
+        for bad in [
+            "Channels: 1    Boxes: 2    Far: +0 *0 #0 -0    Near: +2500 *0 #0",
+            "Channels: 1    Boxes: 2    Far: +0 *0 #0 -0    Near: +2500 *0 #0 -0 x",
+            "Channels: 1    Boxes: 2    Far: +0 *0 #0 -0    Near: +25~",
+            "Channels: 1    Boxes: 2    Far: +0 *0    Near: +2500 *0",
+            "Channels: 1    Boxes: -2    Far: +0 *0 #0 -0    Near: +2500 *0 #0 -0",
+            "Channels: 1",
+            "Channels: a    Boxes: 2    Far: +0 *0 #0 -0    Near: +2500 *0 #0 -0",
+        ] {
+            assert_eq!(parse_summary(bad), None, "{bad:?}");
+            assert!(matches!(&run(bad.as_bytes())[..], [Event::Info(_)]), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn capture_15_initial_sync_ends_with_the_summary() {
+        use Side::{Far, Near};
+        let events = run(capture("pty_verbose_initial_alice.raw"));
+        let stats = stats_of(&events);
+        // Rate-limited: 58 records for 2,500 messages (1.4.4 prints two per message).
+        assert_eq!(stats.len(), 58);
+        assert_eq!(stats[0], st(c(0, 1), c(0, 0), c15(Z, Z), c15(Z, Z)));
+        // The last record is not the final state...
+        assert_eq!(stats.last(), Some(&st(c(0, 1), c(1, 2), c15(Z, Z), c15(c(2472, 2500), Z))));
+        // ...the summary is, and it is the last event.
+        let summary = Summary { channels: 1, boxes: 2, far: done15(0, 0), near: done15(2500, 0) };
+        assert_eq!(events.last(), Some(&Event::Summary(summary)));
+        assert_eq!(summaries_of(&events).len(), 1);
+        let boxes: Vec<(Side, &str)> = events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Mailbox { side, name } => Some((*side, name.as_str())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            boxes,
+            [(Far, "INBOX"), (Near, "INBOX"), (Far, "Archive"), (Near, "Archive"), (Near, "Archive")]
+        );
+        assert_eq!(events.iter().filter(|e| **e == Event::Operation("Synchronizing".into())).count(), 2);
+        assert!(events.contains(&Event::Channel("alice".into())));
+        // The stderr notice (on the pty only because `script` was used) stays a line of its own.
+        assert!(events.contains(&Event::Info(
+            "/home/user/.mbsyncrc: notice: SSLType is deprecated. Use TLSType instead.".into()
+        )));
+        // The blanked line (spaces between two `\r`) is no event; nothing was dropped.
+        let (_, parser) = run_chunks([capture("pty_verbose_initial_alice.raw")]);
+        assert_eq!(parser.dropped_records(), 0);
+        // Counters never go backwards.
+        for w in stats.windows(2) {
+            assert!(w[1].near.new.done >= w[0].near.new.done && w[1].boxes.done >= w[0].boxes.done);
+        }
+    }
+
+    #[test]
+    fn capture_two_boxes_both_versions() {
+        // 1.4.4: a record per change, the last one final; no summary.
+        let events = run(capture("pty_verbose_two_boxes.stdout"));
+        let stats = stats_of(&events);
+        assert_eq!(stats.last(), Some(&st(c(1, 1), c(2, 2), sc(Z, Z, Z), sc(c(250, 250), Z, Z))));
+        assert!(summaries_of(&events).is_empty());
+        assert!(stats.len() > 500, "{}", stats.len());
+        // 1.5.1 (the same sync): one record mid-way, then the summary.
+        let events = run(CAPTURES[15].1);
+        assert_eq!(CAPTURES[15].0, "pty_verbose_two_boxes.stdout");
+        let stats = stats_of(&events);
+        assert_eq!(stats.last(), Some(&st(c(0, 1), c(0, 2), c15(Z, Z), c15(c(0, 9), Z))));
+        assert_eq!(stats.len(), 2);
+        let summary = Summary { channels: 1, boxes: 2, far: done15(0, 0), near: done15(250, 0) };
+        assert_eq!(events.last(), Some(&Event::Summary(summary)));
+    }
+
+    #[test]
+    fn capture_15_others() {
+        let resync = run(capture("pty_plain_resync.raw"));
+        assert_eq!(stats_of(&resync).last(), Some(&st(c(0, 1), c(1, 2), c15(Z, Z), c15(Z, Z))));
+        let summary = Summary { channels: 1, boxes: 2, far: done15(0, 0), near: done15(0, 0) };
+        assert_eq!(resync.last(), Some(&Event::Summary(summary)));
+
+        let flags = run(capture("pty_verbose_flags_expunge.raw"));
+        assert_eq!(stats_of(&flags).last(), Some(&st(c(0, 1), c(1, 2), c15(Z, c(41, 41)), c15(Z, Z))));
+        let summary = Summary { channels: 1, boxes: 2, far: done15(0, 41), near: done15(0, 0) };
+        assert_eq!(flags.last(), Some(&Event::Summary(summary)));
+
+        // Without a tty: no records, only -V lines and the summary.
+        let bob = run(capture("notty_verbose_bob.stdout"));
+        assert!(stats_of(&bob).is_empty());
+        let summary = Summary { channels: 1, boxes: 1, far: done15(0, 0), near: done15(0, 0) };
+        assert_eq!(bob.last(), Some(&Event::Summary(summary)));
+
+        // A failed login: no box done, so no summary.
+        let failed = run(capture("pty_verbose_wrong_password.raw"));
+        assert!(summaries_of(&failed).is_empty());
+        assert_eq!(stats_of(&failed).last(), Some(&st(c(0, 1), c(0, 0), c15(Z, Z), c15(Z, Z))));
+        assert!(matches!(failed.last(), Some(Event::Info(t)) if t.contains("AUTHENTICATIONFAILED")));
+    }
+
     #[test]
     fn captures_split_at_every_offset() {
         for (name, bytes) in CAPTURES {
@@ -976,8 +1189,9 @@ mod tests {
             for round in 0..20 {
                 let (events, parser) = run_chunks(random_chunks(bytes, &mut rng, 7));
                 assert_refines(&one, &events, true, &format!("{name} round {round}"));
-                // These captures (1.4 format, last field `#0/0`) leave no room for an
-                // intermediate value, so even the strict check must find none.
+                // In these captures the last field of every record is a one-digit `#0/0` (1.4)
+                // or `-0/0` (1.5), and a 1.5 record cut before its near `-` field is no record,
+                // so there is no room for an intermediate value: even the strict check finds none.
                 assert_eq!(events, one, "{name} round {round}");
                 assert_eq!(parser.dropped_records(), run_chunks([bytes]).1.dropped_records());
             }

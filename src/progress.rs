@@ -6,14 +6,33 @@
 //! # Theory of operation
 //! mbsync's counters add up over every box and channel of a run, and their totals grow while it
 //! runs: the box total grows per channel once both stores are listed, and a message total grows
-//! when a box's messages are queued. So the record carries counts at once, and claims a
-//! percentage and an ETA only once the totals are *settled*: the last channel is in its last box,
-//! that box is past `Synchronizing...`, and the message total has not moved for a second. The rate (messages per
-//! second) is measured over a sliding window of recent samples.
+//! when a box's messages are queued, after its `Synchronizing...`. So the record carries counts
+//! at once, and claims a percentage and an ETA only once the totals are *settled*: the last
+//! channel is in its last box, that box is past `Synchronizing...` *and has queued messages
+//! since* (until then the total is the previous boxes', complete but not final), and the message
+//! total has not moved for a second. "Its last box" counts the boxes that said
+//! `Synchronizing...` (`-V`) against the box total, not the boxes done: a finished box is counted
+//! done before the next one opens, and isync 1.5 may show that count late. Every record mbsync
+//! prints carries its counters as they are at that moment, so the records after a
+//! `Synchronizing...` speak of that box or later. The rate (messages per second) is measured over
+//! a sliding window of recent samples.
+//!
+//! `percent` is what a progress bar shows, so it only goes forward within a run: it is below 100
+//! (at most [`MAX_RUNNING_PERCENT`]) until the run ends, and 100 only when it ends with
+//! [`Outcome::Ok`]. Once shown it stays until the run ends; if the total grows after all (a push
+//! into IMAP queues gradually), it holds its value until the real fraction passes it instead of
+//! going down, while the counts show the new total at once. A failed or cancelled run keeps the
+//! last value.
+//!
+//! How a run's counts end: isync 1.4 prints every change, so its last record is final. isync
+//! 1.5 prints records at most every ~300 ms and ends with a summary of the *done* counts
+//! ([`Event::Summary`]), which replaces the done counts of the last record (the totals only grow
+//! to match). A run that exits 0 has synced every channel and box, so then those are all done
+//! too (isync 1.5 prints no summary when no box was synced, leaving `C: 0/1`).
 
 use std::collections::VecDeque;
 
-use crate::parser::{Counter, Event, SideCounters, Stats};
+use crate::parser::{Counter, Event, SideCounters, Stats, Summary};
 
 /// The window over which the message rate is measured.
 const RATE_WINDOW_US: u64 = 5_000_000;
@@ -22,6 +41,8 @@ const MIN_RATE_SPAN_US: u64 = 500_000;
 /// How long the message total must stay put before it counts as settled. IMAP pulls queue a
 /// whole box within milliseconds; a Maildir far side or pushes into IMAP queue gradually.
 const SETTLE_US: u64 = 1_000_000;
+/// The highest `percent` of a run that has not ended: 100 means done, and only the end says so.
+pub const MAX_RUNNING_PERCENT: f64 = 99.9;
 
 /// What an account is doing.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -127,7 +148,13 @@ pub struct Record {
 pub struct Progress {
     record: Record,
     samples: VecDeque<(u64, u64)>,
+    /// The box in work is past `Synchronizing...`.
     synchronizing: bool,
+    /// How many boxes said `Synchronizing...` in this run: the number of the box in work.
+    boxes_synced: u64,
+    /// The message total when the box in work said `Synchronizing...`: its own messages are
+    /// queued once the total has grown past this.
+    total_at_sync: u64,
     /// When the message total last changed.
     total_changed_at: u64,
 }
@@ -212,10 +239,19 @@ impl Progress {
             Event::Operation(op) => {
                 if op == "Synchronizing" {
                     self.synchronizing = true;
+                    self.boxes_synced += 1;
+                    self.total_at_sync = r.messages.map_or(0, |m| m.total);
                 }
                 let changed = r.operation.as_deref() != Some(op.as_str());
                 r.operation = Some(op.clone());
                 changed
+            }
+            Event::Summary(summary) => {
+                let before = (r.channels, r.boxes, r.far, r.near);
+                let stats = self.summary_stats(summary);
+                self.apply_stats(&stats, now_us);
+                let r = &self.record;
+                before != (r.channels, r.boxes, r.far, r.near)
             }
             Event::Info(_) => false,
         };
@@ -259,7 +295,34 @@ impl Progress {
         r.finished_at = Some(now_us);
         r.last_update = Some(now_us);
         if *outcome == Outcome::Ok {
+            // Exit 0: every channel and box was synced.
+            r.channels = r.channels.map(|c| Counter { done: c.total, ..c });
+            r.boxes = r.boxes.map(|b| Counter { done: b.total, ..b });
             r.percent = Some(100.0);
+        }
+    }
+
+    /// The counters after the isync 1.5 summary: its done counts, each total at least that.
+    fn summary_stats(&self, s: &Summary) -> Stats {
+        let r = &self.record;
+        let count = |seen: Option<Counter>, done: u64| Counter {
+            done,
+            total: seen.map_or(done, |c| c.total.max(done)),
+        };
+        let side = |seen: Option<SideCounters>, done: &crate::parser::SideDone| {
+            let seen = seen.unwrap_or_default();
+            SideCounters {
+                new: count(Some(seen.new), done.new),
+                flags: count(Some(seen.flags), done.flags),
+                trashed: count(Some(seen.trashed), done.trashed),
+                expunged: done.expunged.map(|d| count(seen.expunged, d)).or(seen.expunged),
+            }
+        };
+        Stats {
+            channels: count(r.channels, s.channels),
+            boxes: count(r.boxes, s.boxes),
+            far: side(r.far, &s.far),
+            near: side(r.near, &s.near),
         }
     }
 
@@ -283,22 +346,20 @@ impl Progress {
         {
             self.samples.pop_front();
         }
-        if s.boxes.done >= s.boxes.total && s.boxes.total > 0 {
-            // All boxes listed so far are done: whatever comes next is a new box.
-            self.synchronizing = false;
-        }
     }
 
     fn settled(&self, now_us: u64) -> bool {
-        let (Some(c), Some(b)) = (self.record.channels, self.record.boxes) else {
+        let (Some(c), Some(b), Some(m)) = (self.record.channels, self.record.boxes, self.record.messages)
+        else {
             return false;
         };
         self.synchronizing
+            && m.total > self.total_at_sync
             && now_us.saturating_sub(self.total_changed_at) >= SETTLE_US
             && c.total > 0
             && c.done + 1 >= c.total
             && b.total > 0
-            && b.done + 1 >= b.total
+            && self.boxes_synced >= b.total
     }
 
     fn update_estimates(&mut self, now_us: u64) {
@@ -311,8 +372,15 @@ impl Progress {
         self.record.rate = rate.map(|r| (r * 10.0).round() / 10.0);
         let settled = self.settled(now_us);
         let messages = self.record.messages.unwrap_or_default();
-        self.record.percent = (settled && messages.total > 0)
-            .then(|| (messages.done as f64 * 1000.0 / messages.total as f64).round() / 10.0);
+        let now = (settled && messages.total > 0).then(|| {
+            let percent = (messages.done as f64 * 1000.0 / messages.total as f64).round() / 10.0;
+            percent.min(MAX_RUNNING_PERCENT)
+        });
+        // Never backwards, never withdrawn: see the module docs.
+        self.record.percent = match (now, self.record.percent) {
+            (Some(now), Some(shown)) => Some(now.max(shown)),
+            (now, shown) => now.or(shown),
+        };
         self.record.eta_s = match rate {
             Some(r) if settled && r > 0.0 => {
                 Some(((messages.total.saturating_sub(messages.done)) as f64 / r).ceil() as u64)
@@ -364,16 +432,25 @@ mod tests {
         assert_eq!(r.messages, Some(Counter { done: 15, total: 98 }));
         assert_eq!(r.percent, None, "first channel of two: totals still grow");
         assert_eq!(r.eta_s, None);
-        // Last channel, last box, synchronizing: settled.
-        p.apply(&Event::Channel("bob".into()), 1_200_000);
-        p.apply(&stats((1, 2), (3, 4), (100, 120)), 1_300_000);
-        p.apply(&Event::Mailbox { side: Side::Far, name: "INBOX".into() }, 1_300_000);
-        p.apply(&Event::Operation("Synchronizing".into()), 1_300_000);
-        p.apply(&stats((1, 2), (3, 4), (110, 120)), 1_400_000);
+        // alice's three boxes; then bob, the last channel, with one.
+        for name in ["INBOX", "Archive", "Sent"] {
+            p.apply(&Event::Mailbox { side: Side::Far, name: name.into() }, 1_100_000);
+            p.apply(&Event::Operation("Synchronizing".into()), 1_100_000);
+        }
+        p.apply(&stats((0, 2), (3, 3), (98, 98)), 1_200_000);
+        p.apply(&Event::Info("a notice".into()), 2_300_000);
+        assert_eq!(p.record().percent, None, "all boxes listed so far are done, but not the last channel");
+        p.apply(&Event::Channel("bob".into()), 2_400_000);
+        p.apply(&stats((1, 2), (3, 4), (98, 98)), 2_400_000);
+        p.apply(&Event::Mailbox { side: Side::Far, name: "INBOX".into() }, 2_400_000);
+        p.apply(&Event::Operation("Synchronizing".into()), 2_400_000);
+        p.apply(&Event::Info("a notice".into()), 3_600_000);
+        assert_eq!(p.record().percent, None, "its messages are not queued yet: 98/98 is no end");
+        p.apply(&stats((1, 2), (3, 4), (110, 120)), 3_700_000);
         assert_eq!(p.record().percent, None, "the total just moved");
-        p.apply(&stats((1, 2), (3, 4), (116, 120)), 1_800_000);
+        p.apply(&stats((1, 2), (3, 4), (116, 120)), 4_200_000);
         assert_eq!(p.record().percent, None, "the total may still move");
-        p.apply(&stats((1, 2), (3, 4), (118, 120)), 2_300_000);
+        p.apply(&stats((1, 2), (3, 4), (118, 120)), 4_700_000);
         let r = p.record();
         assert_eq!(r.percent, Some(98.3));
         assert_eq!(r.mailbox.as_deref(), Some("INBOX"));
@@ -427,5 +504,170 @@ mod tests {
         p.finish(&Outcome::Ok, 4_000_000);
         assert_eq!(p.record().state, State::Idle);
         assert_eq!(p.record().last_error, None);
+    }
+
+    /// The last box: Synchronizing, then `total` queued at `t` (µs), nothing else running.
+    fn last_box(total: u64, t: u64) -> Progress {
+        let mut p = started();
+        p.apply(&stats((0, 1), (0, 1), (0, 0)), t);
+        p.apply(&Event::Operation("Synchronizing".into()), t);
+        p.apply(&stats((0, 1), (0, 1), (0, total)), t);
+        p
+    }
+
+    #[test]
+    fn percent_is_below_100_until_the_end_and_100_only_for_ok() {
+        let mut p = last_box(1000, 1_000_000);
+        p.apply(&stats((0, 1), (0, 1), (999, 1000)), 3_000_000);
+        assert_eq!(p.record().percent, Some(99.9), "99.9 rounds to 99.9");
+        p.apply(&stats((0, 1), (0, 1), (1000, 1000)), 3_100_000);
+        assert_eq!(p.record().percent, Some(MAX_RUNNING_PERCENT), "all done, but mbsync still runs");
+        p.apply(&stats((0, 1), (1, 1), (1000, 1000)), 3_200_000);
+        p.apply(&stats((1, 1), (1, 1), (1000, 1000)), 3_300_000);
+        assert_eq!(p.record().percent, Some(MAX_RUNNING_PERCENT));
+        p.stopping(3_400_000);
+        assert_eq!(p.record().percent, Some(MAX_RUNNING_PERCENT));
+        let mut failed = p.clone();
+        p.finish(&Outcome::Ok, 3_500_000);
+        assert_eq!(p.record().percent, Some(100.0));
+        failed.finish(&Outcome::Cancelled, 3_500_000);
+        assert_eq!(failed.record().percent, Some(MAX_RUNNING_PERCENT), "how far it got, not 100");
+    }
+
+    #[test]
+    fn percent_holds_when_the_total_grows_and_never_goes_back() {
+        let mut p = last_box(100, 1_000_000);
+        p.apply(&stats((0, 1), (0, 1), (50, 100)), 2_500_000);
+        assert_eq!(p.record().percent, Some(50.0));
+        // More is queued (a push into IMAP queues gradually): 50/200 would be 25%.
+        p.apply(&stats((0, 1), (0, 1), (50, 200)), 2_600_000);
+        let r = p.record();
+        assert_eq!(r.messages, Some(Counter { done: 50, total: 200 }), "the counts show it at once");
+        assert_eq!(r.percent, Some(50.0), "held, not withdrawn, not lower");
+        assert_eq!(r.eta_s, None, "no ETA while the total moves");
+        p.apply(&stats((0, 1), (0, 1), (90, 200)), 4_000_000);
+        assert_eq!(p.record().percent, Some(50.0), "45% is still below what was shown");
+        p.apply(&stats((0, 1), (0, 1), (120, 200)), 4_100_000);
+        assert_eq!(p.record().percent, Some(60.0), "forward again once the fraction passes it");
+        // A new run starts from nothing.
+        p.finish(&Outcome::Ok, 5_000_000);
+        p.start(43, vec![], 6_000_000);
+        assert_eq!(p.record().percent, None);
+    }
+
+    #[test]
+    fn summary_gives_the_done_counts_and_ok_completes_channels_and_boxes() {
+        use crate::parser::{SideDone, Summary};
+        let summary = |channels, boxes, near_new| {
+            Event::Summary(Summary {
+                channels,
+                boxes,
+                far: SideDone::default(),
+                near: SideDone { new: near_new, ..SideDone::default() },
+            })
+        };
+        // The last (rate-limited) record lags; the summary is what was done.
+        let mut p = started();
+        p.apply(&stats((0, 1), (1, 2), (2472, 2500)), 2_000_000);
+        assert!(p.apply(&summary(1, 2, 2500), 2_100_000));
+        let r = p.record();
+        assert_eq!(r.messages, Some(Counter { done: 2500, total: 2500 }));
+        assert_eq!(r.boxes, Some(Counter { done: 2, total: 2 }));
+        assert_eq!(r.channels, Some(Counter { done: 1, total: 1 }));
+        assert_eq!(r.near.map(|n| n.new), Some(Counter { done: 2500, total: 2500 }));
+        // A total the last record had not shown yet grows to match.
+        let mut p = started();
+        p.apply(&stats((0, 1), (0, 2), (0, 9)), 2_000_000);
+        p.apply(&summary(1, 2, 250), 2_100_000);
+        assert_eq!(p.record().messages, Some(Counter { done: 250, total: 250 }));
+        // A failed run's summary: done counts only; what was not done stays not done.
+        let mut p = started();
+        p.apply(&stats((1, 2), (2, 3), (40, 60)), 2_000_000);
+        p.apply(&summary(2, 2, 40), 2_100_000);
+        p.finish(&Outcome::Failed("IMAP error".into()), 2_200_000);
+        let r = p.record();
+        assert_eq!(
+            (r.channels, r.boxes),
+            (Some(Counter { done: 2, total: 2 }), Some(Counter { done: 2, total: 3 }))
+        );
+        assert_eq!(r.messages, Some(Counter { done: 40, total: 60 }));
+        // isync 1.5 prints no summary when no box was synced: exit 0 still means all done.
+        let mut p = started();
+        p.apply(&stats((0, 1), (0, 0), (0, 0)), 2_000_000);
+        p.finish(&Outcome::Ok, 2_100_000);
+        let r = p.record();
+        assert_eq!(
+            (r.channels, r.boxes),
+            (Some(Counter { done: 1, total: 1 }), Some(Counter { done: 0, total: 0 }))
+        );
+    }
+
+    /// Feeds a real capture through the parser and the model, `step_us` apart per progress
+    /// record (1.4.4 prints about one per ms, 1.5.1 one per 300 ms) and 1 ms per other line,
+    /// then ends the run with `Ok`. Returns every record that changed (what the daemon would
+    /// publish, before throttling) and the final one.
+    fn replay(bytes: &[u8], step_us: u64) -> (Vec<Record>, Record) {
+        let mut parser = crate::parser::Parser::new();
+        let mut events = Vec::new();
+        parser.feed(bytes, &mut events);
+        parser.finish(&mut events);
+        let mut p = started();
+        let mut now = 1_000_000;
+        let mut seen = Vec::new();
+        for event in &events {
+            now += if matches!(event, Event::Stats(_)) { step_us } else { 1_000 };
+            if p.apply(event, now) {
+                seen.push(p.record().clone());
+            }
+        }
+        p.finish(&Outcome::Ok, now + 1_000);
+        (seen, p.record().clone())
+    }
+
+    /// What every run must show: exact counts at the end, percent only once the totals are
+    /// final, never backwards, below 100 until the end.
+    fn assert_progress_is_honest(name: &str, seen: &[Record], last: &Record, messages: u64, boxes: u64) {
+        assert_eq!(last.messages, Some(Counter { done: messages, total: messages }), "{name}");
+        assert_eq!(last.boxes, Some(Counter { done: boxes, total: boxes }), "{name}");
+        assert_eq!(last.channels, Some(Counter { done: 1, total: 1 }), "{name}");
+        assert_eq!(last.percent, Some(100.0), "{name}");
+        let mut shown = 0.0;
+        for r in seen {
+            if let Some(percent) = r.percent {
+                assert!(percent >= shown, "{name}: percent went back from {shown} to {percent}");
+                assert!(percent < 100.0, "{name}: 100 before the end: {r:?}");
+                assert_eq!(r.messages.map(|m| m.total), Some(messages), "{name}: percent of a partial total");
+                shown = percent;
+            }
+        }
+    }
+
+    #[test]
+    fn real_runs_end_exact_and_percent_only_goes_forward() {
+        let capture =
+            |path: &str| std::fs::read(format!("{}/tests/fixtures/{path}", env!("CARGO_MANIFEST_DIR")));
+        for (name, step_us, messages, boxes) in [
+            ("captures/pty_verbose_two_boxes.stdout", 40_000, 250, 2),
+            ("captures-isync-1.5.1/pty_verbose_two_boxes.stdout", 300_000, 250, 2),
+            ("captures-isync-1.5.1/pty_verbose_initial_alice.raw", 300_000, 2500, 2),
+        ] {
+            let bytes = capture(name).expect(name);
+            let (seen, last) = replay(&bytes, step_us);
+            assert_progress_is_honest(name, &seen, &last, messages, boxes);
+            // At these paces the last box lasts more than a second after its total settled, so
+            // the percentage does appear before the end (the 1.5.1 two-box run printed no
+            // record in its last box).
+            let appears = seen.iter().any(|r| r.percent.is_some());
+            assert_eq!(appears, !name.contains("1.5.1/pty_verbose_two"), "{name}");
+        }
+        // The 1.5.1 capture of 2,500 messages: the record before the summary lags.
+        let bytes = capture("captures-isync-1.5.1/pty_verbose_initial_alice.raw").expect("capture");
+        let (seen, _) = replay(&bytes, 300_000);
+        let before_summary = &seen[seen.len() - 2];
+        assert_eq!(before_summary.messages, Some(Counter { done: 2472, total: 2500 }));
+        assert_eq!(before_summary.boxes, Some(Counter { done: 1, total: 2 }));
+        let summary = &seen[seen.len() - 1];
+        assert_eq!(summary.messages, Some(Counter { done: 2500, total: 2500 }));
+        assert_eq!(summary.channels, Some(Counter { done: 1, total: 1 }));
     }
 }

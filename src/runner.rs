@@ -101,14 +101,20 @@ impl Exit {
     }
 
     /// A one-line reason for a failure, from mbsync's stderr: its error lines, or the exit
-    /// status when it printed none.
+    /// status when it printed none. Warnings and config notices (isync 1.5: `...: notice:
+    /// SSLType is deprecated`) are not reasons.
     #[must_use]
     pub fn reason(&self) -> String {
         let errors: Vec<&str> = self
             .stderr
             .lines()
             .map(str::trim)
-            .filter(|l| !l.is_empty() && !l.starts_with("*** IMAP Warning") && !l.starts_with("Warning:"))
+            .filter(|l| {
+                !l.is_empty()
+                    && !l.starts_with("*** IMAP Warning")
+                    && !l.starts_with("Warning:")
+                    && !l.contains(": notice: ")
+            })
             .collect();
         if !errors.is_empty() {
             let reason = errors.join("; ");
@@ -363,5 +369,34 @@ fn set_parent_death_signal(cmd: &mut Command) {
             }
             Ok(())
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Exit;
+
+    fn failed(stderr: &str) -> Exit {
+        Exit { code: Some(1), signal: None, stderr: stderr.to_owned() }
+    }
+
+    #[test]
+    fn reason_is_the_error_lines_without_warnings_or_notices() {
+        // isync 1.5.1 with a wrong password (tests/fixtures/captures-isync-1.5.1/).
+        let exit = failed(
+            "/home/user/.mbsyncrc: notice: SSLType is deprecated. Use TLSType instead.\n\
+             *** IMAP Warning *** Password is being sent in the clear\n\
+             IMAP command 'AUTHENTICATE PLAIN <authdata>' returned an error: [AUTHENTICATIONFAILED] \
+             Authentication failed.\n",
+        );
+        assert_eq!(
+            exit.reason(),
+            "IMAP command 'AUTHENTICATE PLAIN <authdata>' returned an error: [AUTHENTICATIONFAILED] \
+             Authentication failed."
+        );
+        assert_eq!(
+            failed("Warning: lost track of 3 pulled message(s)\n").reason(),
+            "mbsync exited with status 1"
+        );
     }
 }

@@ -18,12 +18,14 @@ use std::{
 
 use futures_util::StreamExt;
 use support::{
+    MbsyncVersion::{self, Isync14, Isync15},
     Spawned,
-    daemon::{World, spawn_exec, wait_until, with_timeout},
+    daemon::{World, spawn_exec, wait_until},
     sampler::Sampler,
 };
 
-const SPEC: &[(&str, &str, usize)] = &[("alice", "INBOX", 1500), ("alice", "Archive", 300), ("bob", "INBOX", 300)];
+const SPEC: &[(&str, &str, usize)] =
+    &[("alice", "INBOX", 1500), ("alice", "Archive", 300), ("bob", "INBOX", 300)];
 const ACCOUNTS: [&str; 3] = ["alice", "bob", "everyone"];
 
 /// xorshift64*: a small deterministic generator (no crate needed for a test's dice).
@@ -56,13 +58,24 @@ const EXPECTED: [&str; 5] = [
 ];
 
 #[tokio::test]
-async fn random_takeovers_handoffs_cancels_and_syncs_never_overlap() {
-    with_timeout(async {
+async fn random_takeovers_handoffs_cancels_and_syncs_never_overlap_isync14() {
+    campaign(Isync14).await;
+}
+
+#[tokio::test]
+async fn random_takeovers_handoffs_cancels_and_syncs_never_overlap_isync15() {
+    campaign(Isync15).await;
+}
+
+async fn campaign(version: MbsyncVersion) {
+    // Its own bound: the campaign's cap plus time to wind down.
+    let bound = Duration::from_secs(env_u64("CAMPAIGN_SECONDS", 120) + 120);
+    let run = async {
         let ops_wanted = env_u64("CAMPAIGN_OPS", 200);
         let cap = Duration::from_secs(env_u64("CAMPAIGN_SECONDS", 120));
         let seed = env_u64("CAMPAIGN_SEED", 0x5eed_1234_abcd_0001);
-        println!("campaign: {ops_wanted} ops, cap {cap:?}, seed {seed:#x}");
-        let w = World::start(SPEC).await;
+        println!("campaign ({version:?}): {ops_wanted} ops, cap {cap:?}, seed {seed:#x}");
+        let w = World::start_with(version, SPEC).await;
         w.tb.proxy.set_rate(Some(300_000));
         let sampler = Sampler::start(&w.tb.mbsyncrc());
         let mut finished = w.svc.receive_sync_finished().await.unwrap();
@@ -75,7 +88,7 @@ async fn random_takeovers_handoffs_cancels_and_syncs_never_overlap() {
         while ops < ops_wanted && started.elapsed() < cap {
             let account = ACCOUNTS[dice.below(3) as usize];
             let (what, result) = match dice.below(6) {
-                0 => ("Sync", w.svc.sync(account).await.map(|()| ())),
+                0 => ("Sync", w.svc.sync(account).await),
                 1 => ("Cancel", w.svc.cancel(account).await),
                 2 => ("TakeOver", w.svc.take_over(account).await.map(|_| ())),
                 3 => ("RequestHandoff", w.svc.request_handoff(account, 1500).await.map(|_| ())),
@@ -101,7 +114,9 @@ async fn random_takeovers_handoffs_cancels_and_syncs_never_overlap() {
             // Every run that ended so far ended well (or was stopped on purpose).
             while let Ok(Some(s)) = tokio::time::timeout(Duration::from_millis(1), finished.next()).await {
                 let args = s.args().unwrap();
-                let fine = args.ok || args.message == "sync cancelled" || args.message.starts_with("sync interrupted");
+                let fine = args.ok
+                    || args.message == "sync cancelled"
+                    || args.message.starts_with("sync interrupted");
                 assert!(fine, "a run of {} failed: {}", args.account, args.message);
             }
             reap(&mut execs, &mut exec_codes, false);
@@ -126,17 +141,17 @@ async fn random_takeovers_handoffs_cancels_and_syncs_never_overlap() {
             all.values().all(|r| support::daemon::get::<String>(r, "state").as_deref() != Some("syncing"))
         })
         .await;
-        let seen = sampler.finish();
-        println!("campaign: {} samples, max mbsync per channel {:?}", seen.samples, seen.max_per_channel);
-        seen.assert_no_overlap();
+        let report = sampler.finish();
+        println!("campaign: {} samples, max mbsync per channel {:?}", report.samples, report.max_per_channel);
+        report.assert_no_overlap();
         let mut end = w.svc.receive_sync_finished().await.unwrap();
         w.svc.sync("everyone").await.unwrap();
         let s = end.next().await.unwrap();
         assert!(s.args().unwrap().ok, "the final sync: {}", s.args().unwrap().message);
         w.tb.assert_in_sync("alice");
         w.tb.assert_in_sync("bob");
-    })
-    .await;
+    };
+    tokio::time::timeout(bound, run).await.expect("the campaign did not end in time");
 }
 
 /// Collect the exit codes of finished holders (all of them with `all`, waiting).

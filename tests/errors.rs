@@ -1,11 +1,16 @@
-//! Scenario 4: bad input gets a typed error, starts nothing and loses nothing.
+//! Scenario 4: bad input gets a typed error, starts nothing and loses nothing. The mbsync
+//! failures run with isync 1.4 and 1.5 (`..._isync14`, `..._isync15`).
 
 mod support;
 
 use futures_util::StreamExt;
 use support::{
+    MbsyncVersion::{self, Isync14, Isync15},
     PrivateBus, Testbed,
-    daemon::{World, error_name, get, mbsync_pids_for, with_timeout, write_service_config},
+    daemon::{
+        World, assert_progress_is_honest, error_name, get, mbsync_pids_for, read_until_final, with_timeout,
+        write_service_config,
+    },
 };
 
 const SPEC: &[(&str, &str, usize)] = &[("alice", "INBOX", 300), ("bob", "INBOX", 20)];
@@ -65,18 +70,23 @@ async fn hostile_account_names_get_typed_errors_on_every_method() {
     .await;
 }
 
-#[tokio::test]
-async fn wrong_password_fails_with_mbsyncs_reason() {
+async fn wrong_password_fails_with_mbsyncs_reason(version: MbsyncVersion) {
     with_timeout(async {
-        let tb = Testbed::new(SPEC);
+        let tb = Testbed::with_mbsync(version, SPEC);
         tb.set_password("bob", "wrong");
         let World { svc, conn: _conn, daemon, bus, tb } = World::around(tb).await;
         let mut finished = svc.receive_sync_finished().await.unwrap();
+        let mut progress = svc.receive_progress_changed().await.unwrap();
         svc.sync("bob").await.unwrap();
         let s = finished.next().await.unwrap();
         let args = s.args().unwrap();
         assert!(!args.ok);
         assert!(args.message.contains("AUTHENTICATIONFAILED"), "{}", args.message);
+        // mbsync's error, not isync 1.5's notice about the test bed's `SSLType`.
+        assert!(!args.message.contains("notice"), "{}", args.message);
+        let mut records = Vec::new();
+        read_until_final(&mut progress, "bob", &mut records).await;
+        assert_progress_is_honest(&records, false);
         let record = svc.get_progress("bob").await.unwrap();
         assert_eq!(get::<String>(&record, "state").as_deref(), Some("failed"));
         assert!(get::<String>(&record, "last_error").unwrap().contains("AUTHENTICATIONFAILED"));
@@ -95,16 +105,29 @@ async fn wrong_password_fails_with_mbsyncs_reason() {
 }
 
 #[tokio::test]
-async fn server_gone_mid_sync_is_a_failed_state_with_reason() {
+async fn wrong_password_fails_with_mbsyncs_reason_isync14() {
+    wrong_password_fails_with_mbsyncs_reason(Isync14).await;
+}
+
+#[tokio::test]
+async fn wrong_password_fails_with_mbsyncs_reason_isync15() {
+    wrong_password_fails_with_mbsyncs_reason(Isync15).await;
+}
+
+async fn server_gone_mid_sync_is_a_failed_state_with_reason(version: MbsyncVersion) {
     with_timeout(async {
-        let tb = Testbed::new(&[("alice", "INBOX", 2000)]);
+        let tb = Testbed::with_mbsync(version, &[("alice", "INBOX", 2000)]);
         tb.proxy.set_rate(Some(100_000));
         let World { svc, conn: _conn, daemon, bus: _bus, tb } = World::around(tb).await;
         let mut finished = svc.receive_sync_finished().await.unwrap();
         let mut progress = svc.receive_progress_changed().await.unwrap();
         svc.sync("alice").await.unwrap();
+        let mut records = Vec::new();
         while let Some(s) = progress.next().await {
-            if get::<u32>(&s.args().unwrap().progress, "messages_done").unwrap_or(0) > 20 {
+            let record = s.args().unwrap().progress;
+            let done = get::<u32>(&record, "messages_done").unwrap_or(0);
+            records.push(record);
+            if done > 20 {
                 break;
             }
         }
@@ -118,6 +141,8 @@ async fn server_gone_mid_sync_is_a_failed_state_with_reason() {
             reason.contains("EOF") || reason.contains("Socket error") || reason.contains("Broken pipe"),
             "{reason}"
         );
+        read_until_final(&mut progress, "alice", &mut records).await;
+        assert_progress_is_honest(&records, false);
         let record = svc.get_progress("alice").await.unwrap();
         assert_eq!(get::<String>(&record, "state").as_deref(), Some("failed"));
         // The server comes back: the next sync repairs everything.
@@ -126,10 +151,23 @@ async fn server_gone_mid_sync_is_a_failed_state_with_reason() {
         svc.sync("alice").await.unwrap();
         let s = finished.next().await.unwrap();
         assert!(s.args().unwrap().ok, "{}", s.args().unwrap().message);
+        let mut records = Vec::new();
+        read_until_final(&mut progress, "alice", &mut records).await;
+        assert_progress_is_honest(&records, true);
         tb.assert_in_sync("alice");
         drop(daemon);
     })
     .await;
+}
+
+#[tokio::test]
+async fn server_gone_mid_sync_is_a_failed_state_with_reason_isync14() {
+    server_gone_mid_sync_is_a_failed_state_with_reason(Isync14).await;
+}
+
+#[tokio::test]
+async fn server_gone_mid_sync_is_a_failed_state_with_reason_isync15() {
+    server_gone_mid_sync_is_a_failed_state_with_reason(Isync15).await;
 }
 
 #[tokio::test]

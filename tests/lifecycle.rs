@@ -7,7 +7,7 @@ use std::{path::Path, time::Duration};
 
 use futures_util::StreamExt;
 use support::{
-    Testbed,
+    MbsyncVersion, Testbed,
     bus::PrivateBus,
     daemon::{
         BIN, Daemon, World, connect, get, mbsync_pids_for, service, spawn_exec, wait_until, with_timeout,
@@ -71,8 +71,8 @@ async fn kill_9_leaves_no_mbsync_and_no_lock() {
 #[tokio::test]
 async fn sigterm_and_sigint_interrupt_syncs_and_the_next_start_resumes_them() {
     with_timeout(async {
-        for signal in ["TERM", "INT"] {
-            let tb = Testbed::new(SPEC);
+        for (signal, version) in [("TERM", MbsyncVersion::Isync14), ("INT", MbsyncVersion::Isync15)] {
+            let tb = Testbed::with_mbsync(version, SPEC);
             tb.proxy.set_rate(Some(100_000));
             let World { svc, conn, mut daemon, bus, tb } = World::around(tb).await;
             let mut finished = svc.receive_sync_finished().await.unwrap();

@@ -1,15 +1,20 @@
 //! End-to-end scenarios of the service: a private dbus-daemon, a private Dovecot, real mbsync,
-//! the real daemon binary. Each test has its own everything and a hard timeout.
+//! the real daemon binary. Each test has its own everything and a hard timeout. The main
+//! scenarios run with isync 1.4 and 1.5 (`..._isync14`, `..._isync15`), which print progress
+//! differently.
 
 mod support;
 
-use std::{collections::HashMap, time::Duration};
+use std::time::Duration;
 
 use futures_util::StreamExt;
-use support::daemon::{World, connect, error_name, get, mbsync_pids_for, service, wait_until, with_timeout};
-use zbus::OwnedVariant;
-
-type Dict = HashMap<String, OwnedVariant>;
+use support::{
+    MbsyncVersion::{self, Isync14, Isync15},
+    daemon::{
+        Dict, World, assert_progress_is_honest, connect, describe, error_name, get, mbsync_pids_for,
+        read_until_final, service, wait_until, with_timeout,
+    },
+};
 
 /// alice: 2,000 + 500 + 50 messages; bob: 20.
 const SPEC: &[(&str, &str, usize)] =
@@ -20,10 +25,9 @@ fn state(d: &Dict) -> String {
 }
 
 /// Scenario 1: a 2,550-message sync reports growing progress up to the total and ends exact.
-#[tokio::test]
-async fn full_sync_reports_growing_progress_and_ends_exact() {
+async fn full_sync_reports_growing_progress_and_ends_exact(version: MbsyncVersion) {
     with_timeout(async {
-        let w = World::start(SPEC).await;
+        let w = World::start_with(version, SPEC).await;
         // About 1.4 MB through the proxy at 400 KB/s: a few seconds, long enough to watch.
         w.tb.proxy.set_rate(Some(400_000));
         let svc = &w.svc;
@@ -52,6 +56,15 @@ async fn full_sync_reports_growing_progress_and_ends_exact() {
                         assert_eq!(get::<String>(&now, "owner").as_deref(), Some("service"));
                         let cmd: Vec<String> = get(&now, "command").unwrap();
                         assert!(cmd.ends_with(&["-V".to_owned(), "alice".to_owned()]), "{cmd:?}");
+                        // The daemon runs the version under test (it resolves a bare name itself).
+                        let version_of = |program: &std::ffi::OsStr| {
+                            std::process::Command::new(program).arg("--version").output().unwrap().stdout
+                        };
+                        assert_eq!(
+                            version_of(cmd[0].as_ref()),
+                            version_of(w.tb.mbsync_program().as_os_str()),
+                            "{cmd:?}"
+                        );
                         assert_eq!(get::<u32>(&now, "owner_pid"), Some(w.daemon.pid()));
                         let started: u64 = get(&now, "started_at").unwrap();
                         let updated: u64 = get(&now, "last_update").unwrap();
@@ -71,10 +84,8 @@ async fn full_sync_reports_growing_progress_and_ends_exact() {
         };
         assert!(ok, "sync failed: {message}\n{}", w.daemon.log());
         assert!(checked_mid_sync, "never saw the sync mid-way: {} signals", records.len());
-        // Drain what was sent just before SyncFinished.
-        while let Ok(Some(s)) = tokio::time::timeout(Duration::from_millis(200), progress.next()).await {
-            records.push(s.args().unwrap().progress);
-        }
+        read_until_final(&mut progress, "alice", &mut records).await;
+        assert_progress_is_honest(&records, true);
         let done: Vec<u32> = records.iter().filter_map(|r| get::<u32>(r, "messages_done")).collect();
         assert!(done.windows(2).all(|w| w[0] <= w[1]), "messages_done went backwards: {done:?}");
         assert!(done.len() >= 5, "too few progress updates: {done:?}");
@@ -87,6 +98,8 @@ async fn full_sync_reports_growing_progress_and_ends_exact() {
         assert_eq!(get::<String>(last, "last_result").as_deref(), Some("ok"));
         assert_eq!(get::<u32>(last, "messages_done"), Some(2550));
         assert_eq!(get::<u32>(last, "messages_total"), Some(2550));
+        assert_eq!(get::<u32>(last, "boxes_total"), Some(3), "{}", describe(&records));
+        assert_eq!(get::<u32>(last, "channels_total"), Some(1));
         // At most ~10 signals per second (plus the first and the final one).
         let span = times.last().unwrap().duration_since(times[0]).as_secs_f64();
         assert!(
@@ -99,15 +112,65 @@ async fn full_sync_reports_growing_progress_and_ends_exact() {
     .await;
 }
 
+#[tokio::test]
+async fn full_sync_reports_growing_progress_and_ends_exact_isync14() {
+    full_sync_reports_growing_progress_and_ends_exact(Isync14).await;
+}
+
+#[tokio::test]
+async fn full_sync_reports_growing_progress_and_ends_exact_isync15() {
+    full_sync_reports_growing_progress_and_ends_exact(Isync15).await;
+}
+
+/// The case: a big box, then the last one. A percentage appears only once the last
+/// box's messages are queued (not at "2000/2000" when the first box is done), only goes forward,
+/// and says 100 only at the end. The last box is slow enough (500 messages at 100 KB/s, about
+/// 3 s) to outlast the second the total must stay put before a percentage is shown.
+async fn percent_comes_with_the_last_box_and_only_goes_forward(version: MbsyncVersion) {
+    with_timeout(async {
+        let w = World::start_with(version, &[("alice", "INBOX", 200), ("alice", "Archive", 500)]).await;
+        w.tb.proxy.set_rate(Some(100_000));
+        let mut progress = w.svc.receive_progress_changed().await.unwrap();
+        let mut finished = w.svc.receive_sync_finished().await.unwrap();
+        w.svc.sync("alice").await.unwrap();
+        let end = finished.next().await.unwrap();
+        assert!(end.args().unwrap().ok, "{}", end.args().unwrap().message);
+        let mut records = Vec::new();
+        read_until_final(&mut progress, "alice", &mut records).await;
+        assert_progress_is_honest(&records, true);
+        let log = describe(&records);
+        let (last, before) = records.split_last().unwrap();
+        assert_eq!(get::<u32>(last, "messages_done"), Some(700), "{log}");
+        let with_percent: Vec<&Dict> = before.iter().filter(|r| get::<f64>(r, "percent").is_some()).collect();
+        assert!(!with_percent.is_empty(), "no percentage during the last box:\n{log}");
+        for r in with_percent {
+            assert_eq!(get::<u32>(r, "messages_total"), Some(700), "percent of a partial total:\n{log}");
+            assert_eq!(get::<String>(r, "mailbox").as_deref(), Some("Archive"), "{log}");
+        }
+        w.tb.assert_in_sync("alice");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn percent_comes_with_the_last_box_and_only_goes_forward_isync14() {
+    percent_comes_with_the_last_box_and_only_goes_forward(Isync14).await;
+}
+
+#[tokio::test]
+async fn percent_comes_with_the_last_box_and_only_goes_forward_isync15() {
+    percent_comes_with_the_last_box_and_only_goes_forward(Isync15).await;
+}
+
 /// Scenario 2: a second Sync is refused (also through a group sharing the channel); Cancel
 /// stops mbsync; a re-sync is exact.
-#[tokio::test]
-async fn second_sync_is_refused_and_cancel_stops_safely() {
+async fn second_sync_is_refused_and_cancel_stops_safely(version: MbsyncVersion) {
     with_timeout(async {
-        let w = World::start(SPEC).await;
+        let w = World::start_with(version, SPEC).await;
         w.tb.proxy.set_rate(Some(100_000));
         let svc = &w.svc;
         let mut finished = svc.receive_sync_finished().await.unwrap();
+        let mut progress = svc.receive_progress_changed().await.unwrap();
         svc.sync("alice").await.unwrap();
         assert_eq!(error_name(svc.sync("alice").await), "org.himalaya.Sync.Error.AlreadySyncing");
         assert_eq!(error_name(svc.sync("everyone").await), "org.himalaya.Sync.Error.AlreadySyncing");
@@ -122,6 +185,10 @@ async fn second_sync_is_refused_and_cancel_stops_safely() {
         let args = finished.next().await.unwrap();
         let args = args.args().unwrap();
         assert_eq!((args.account, args.ok, args.message), ("alice", false, "sync cancelled"));
+        let mut records = Vec::new();
+        read_until_final(&mut progress, "alice", &mut records).await;
+        assert_progress_is_honest(&records, false);
+        assert_eq!(get::<String>(records.last().unwrap(), "last_result").as_deref(), Some("cancelled"));
         assert!(
             !std::path::Path::new(&format!("/proc/{pid}")).exists()
                 || mbsync_pids_for(&w.tb.mbsyncrc()).is_empty()
@@ -138,16 +205,28 @@ async fn second_sync_is_refused_and_cancel_stops_safely() {
         let args = finished.next().await.unwrap();
         let args = args.args().unwrap();
         assert!(args.ok, "re-sync failed: {}", args.message);
+        let mut records = Vec::new();
+        read_until_final(&mut progress, "alice", &mut records).await;
+        assert_progress_is_honest(&records, true);
         w.tb.assert_in_sync("alice");
     })
     .await;
 }
 
-/// Scenario 3: two clients watching one sync both see the final state of every change.
 #[tokio::test]
-async fn two_clients_see_the_same_final_state() {
+async fn second_sync_is_refused_and_cancel_stops_safely_isync14() {
+    second_sync_is_refused_and_cancel_stops_safely(Isync14).await;
+}
+
+#[tokio::test]
+async fn second_sync_is_refused_and_cancel_stops_safely_isync15() {
+    second_sync_is_refused_and_cancel_stops_safely(Isync15).await;
+}
+
+/// Scenario 3: two clients watching one sync both see the final state of every change.
+async fn two_clients_see_the_same_final_state(version: MbsyncVersion) {
     with_timeout(async {
-        let w = World::start(SPEC).await;
+        let w = World::start_with(version, SPEC).await;
         w.tb.proxy.set_rate(Some(400_000));
         let (c1, c2) = (connect(w.bus.address()).await, connect(w.bus.address()).await);
         let (s1, s2) = (service(&c1).await, service(&c2).await);
@@ -160,17 +239,13 @@ async fn two_clients_see_the_same_final_state() {
         let mut lasts = Vec::new();
         let mut states = Vec::new();
         for stream in &mut streams {
-            let mut last: Option<Dict> = None;
-            let mut seen = Vec::new();
-            while let Ok(Some(s)) = tokio::time::timeout(Duration::from_millis(300), stream.next()).await {
-                let args = s.args().unwrap();
-                assert_eq!(args.account, "everyone");
-                seen.push(state(&args.progress));
-                last = Some(args.progress);
-            }
+            let mut records: Vec<Dict> = Vec::new();
+            read_until_final(stream, "everyone", &mut records).await;
+            assert_progress_is_honest(&records, true);
+            let mut seen: Vec<String> = records.iter().map(state).collect();
             seen.dedup();
             states.push(seen);
-            lasts.push(last.expect("no signal at all"));
+            lasts.push(records.pop().expect("no signal at all"));
         }
         assert_eq!(states[0], states[1], "both clients see the same state changes");
         assert_eq!(states[0].first().map(String::as_str), Some("syncing"));
@@ -180,10 +255,21 @@ async fn two_clients_see_the_same_final_state() {
         }
         assert_eq!(get::<u32>(&lasts[0], "messages_done"), Some(2570));
         assert_eq!(get::<u32>(&lasts[0], "channels_done"), Some(2));
+        assert_eq!(get::<u32>(&lasts[0], "boxes_done"), Some(4));
         w.tb.assert_in_sync("alice");
         w.tb.assert_in_sync("bob");
     })
     .await;
+}
+
+#[tokio::test]
+async fn two_clients_see_the_same_final_state_isync14() {
+    two_clients_see_the_same_final_state(Isync14).await;
+}
+
+#[tokio::test]
+async fn two_clients_see_the_same_final_state_isync15() {
+    two_clients_see_the_same_final_state(Isync15).await;
 }
 
 /// The lock: a channel whose lock name another connection owns is not synced; the error names

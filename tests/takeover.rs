@@ -12,6 +12,7 @@ use std::{collections::HashMap, time::Duration};
 
 use futures_util::StreamExt;
 use support::{
+    MbsyncVersion::{self, Isync14, Isync15},
     daemon::{World, error_name, get, mbsync_pids_for, name_owner, spawn_exec, wait_until, with_timeout},
     sampler::Sampler,
 };
@@ -59,10 +60,9 @@ fn strings(d: &Dict, key: &str) -> Vec<String> {
 
 /// The seed's scenario 1: a bare mbsync started outside is seen, taken over, restarted with
 /// progress; never two mbsync on the channel; the mail ends exact.
-#[tokio::test]
-async fn takeover_of_a_bare_mbsync() {
+async fn takeover_of_a_bare_mbsync(version: MbsyncVersion) {
     with_timeout(async {
-        let w = World::start(SPEC).await;
+        let w = World::start_with(version, SPEC).await;
         w.tb.proxy.set_rate(Some(100_000));
         let sampler = Sampler::start(&w.tb.mbsyncrc());
         let bare = w.tb.spawn_mbsync(&["alice"]);
@@ -94,11 +94,20 @@ async fn takeover_of_a_bare_mbsync() {
     .await;
 }
 
-/// A bare `mbsync -a` is restarted with every channel it covered (here: the group holding both).
 #[tokio::test]
-async fn takeover_of_a_bare_mbsync_all_restarts_every_channel() {
+async fn takeover_of_a_bare_mbsync_isync14() {
+    takeover_of_a_bare_mbsync(Isync14).await;
+}
+
+#[tokio::test]
+async fn takeover_of_a_bare_mbsync_isync15() {
+    takeover_of_a_bare_mbsync(Isync15).await;
+}
+
+/// A bare `mbsync -a` is restarted with every channel it covered (here: the group holding both).
+async fn takeover_of_a_bare_mbsync_all_restarts_every_channel(version: MbsyncVersion) {
     with_timeout(async {
-        let w = World::start(SPEC).await;
+        let w = World::start_with(version, SPEC).await;
         w.tb.proxy.set_rate(Some(100_000));
         let sampler = Sampler::start(&w.tb.mbsyncrc());
         let bare = w.tb.spawn_mbsync(&["-a"]);
@@ -120,12 +129,21 @@ async fn takeover_of_a_bare_mbsync_all_restarts_every_channel() {
     .await;
 }
 
+#[tokio::test]
+async fn takeover_of_a_bare_mbsync_all_restarts_every_channel_isync14() {
+    takeover_of_a_bare_mbsync_all_restarts_every_channel(Isync14).await;
+}
+
+#[tokio::test]
+async fn takeover_of_a_bare_mbsync_all_restarts_every_channel_isync15() {
+    takeover_of_a_bare_mbsync_all_restarts_every_channel(Isync15).await;
+}
+
 /// An `exec` holder: its progress is relayed (owner client), TakeOver replaces its names, it
 /// stops its mbsync at once and exits; the service finishes the sync.
-#[tokio::test]
-async fn takeover_of_an_exec_holder() {
+async fn takeover_of_an_exec_holder(version: MbsyncVersion) {
     with_timeout(async {
-        let w = World::start(SPEC).await;
+        let w = World::start_with(version, SPEC).await;
         w.tb.proxy.set_rate(Some(100_000));
         let sampler = Sampler::start(&w.tb.mbsyncrc());
         let exec = spawn_exec(Some(w.bus.address()), &w.tb.env(), &["alice"]);
@@ -153,11 +171,20 @@ async fn takeover_of_an_exec_holder() {
     .await;
 }
 
-/// Graceful handoff from `exec` to the service: no overlap, `exec` exits 0, the mail is exact.
 #[tokio::test]
-async fn handoff_from_exec_to_the_service() {
+async fn takeover_of_an_exec_holder_isync14() {
+    takeover_of_an_exec_holder(Isync14).await;
+}
+
+#[tokio::test]
+async fn takeover_of_an_exec_holder_isync15() {
+    takeover_of_an_exec_holder(Isync15).await;
+}
+
+/// Graceful handoff from `exec` to the service: no overlap, `exec` exits 0, the mail is exact.
+async fn handoff_from_exec_to_the_service(version: MbsyncVersion) {
     with_timeout(async {
-        let w = World::start(SPEC).await;
+        let w = World::start_with(version, SPEC).await;
         w.tb.proxy.set_rate(Some(100_000));
         let sampler = Sampler::start(&w.tb.mbsyncrc());
         let exec = spawn_exec(Some(w.bus.address()), &w.tb.env(), &["alice"]);
@@ -181,11 +208,20 @@ async fn handoff_from_exec_to_the_service() {
     .await;
 }
 
-/// `exec --no-handoff` refuses: HandoffRefused, it keeps its lock and finishes its own run.
 #[tokio::test]
-async fn exec_no_handoff_refuses_and_finishes_its_run() {
+async fn handoff_from_exec_to_the_service_isync14() {
+    handoff_from_exec_to_the_service(Isync14).await;
+}
+
+#[tokio::test]
+async fn handoff_from_exec_to_the_service_isync15() {
+    handoff_from_exec_to_the_service(Isync15).await;
+}
+
+/// `exec --no-handoff` refuses: HandoffRefused, it keeps its lock and finishes its own run.
+async fn exec_no_handoff_refuses_and_finishes_its_run(version: MbsyncVersion) {
     with_timeout(async {
-        let w = World::start(SPEC).await;
+        let w = World::start_with(version, SPEC).await;
         w.tb.proxy.set_rate(Some(400_000));
         let exec = spawn_exec(Some(w.bus.address()), &w.tb.env(), &["alice", "--no-handoff"]);
         wait_external(&w, "alice", "client").await;
@@ -205,6 +241,16 @@ async fn exec_no_handoff_refuses_and_finishes_its_run() {
         w.tb.assert_in_sync("alice");
     })
     .await;
+}
+
+#[tokio::test]
+async fn exec_no_handoff_refuses_and_finishes_its_run_isync14() {
+    exec_no_handoff_refuses_and_finishes_its_run(Isync14).await;
+}
+
+#[tokio::test]
+async fn exec_no_handoff_refuses_and_finishes_its_run_isync15() {
+    exec_no_handoff_refuses_and_finishes_its_run(Isync15).await;
 }
 
 /// `exec` while the service syncs the account: it says so and exits 75 without starting mbsync.
@@ -238,10 +284,9 @@ async fn exec_refuses_a_busy_account_and_runs_without_a_bus() {
 
 /// Scenario 3: a bare mbsync started by cron while the daemon idles shows as external within
 /// 1 s, and the account goes back to idle by itself when it ends.
-#[tokio::test]
-async fn a_bare_mbsync_appears_within_a_second_and_goes_away() {
+async fn a_bare_mbsync_appears_within_a_second_and_goes_away(version: MbsyncVersion) {
     with_timeout(async {
-        let w = World::start(SPEC).await;
+        let w = World::start_with(version, SPEC).await;
         // A first sync creates the boxes and state the watcher follows, as a user's would.
         let mut fin = w.svc.receive_sync_finished().await.unwrap();
         w.svc.sync("alice").await.unwrap();
@@ -269,6 +314,16 @@ async fn a_bare_mbsync_appears_within_a_second_and_goes_away() {
         w.tb.assert_in_sync("alice");
     })
     .await;
+}
+
+#[tokio::test]
+async fn a_bare_mbsync_appears_within_a_second_and_goes_away_isync14() {
+    a_bare_mbsync_appears_within_a_second_and_goes_away(Isync14).await;
+}
+
+#[tokio::test]
+async fn a_bare_mbsync_appears_within_a_second_and_goes_away_isync15() {
+    a_bare_mbsync_appears_within_a_second_and_goes_away(Isync15).await;
 }
 
 /// Races: two TakeOver calls at once, and TakeOver with Sync at once: one wins, the others get a

@@ -7,7 +7,7 @@ use std::net::{TcpListener, TcpStream};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::{PrivateBus, Proxy, Spawned, Testbed, process, wait_for, wait_for_or_log};
+use support::{MbsyncVersion, PrivateBus, Proxy, Spawned, Testbed, process, wait_for, wait_for_or_log};
 
 /// The mailboxes of the end-to-end tests: alice 2550 messages (~1.8 MB on the wire), bob 20.
 const SPEC: &[(&str, &str, usize)] =
@@ -161,6 +161,24 @@ fn throttled_proxy_slows_sync_and_cut_breaks_it() {
     // The next (unthrottled) run repairs the interrupted state.
     bed.proxy.set_rate(None);
     bed.run_mbsync(&["alice"], SYNC_TIMEOUT).assert_code(0, "sync after the cut");
+    bed.assert_in_sync("alice");
+}
+
+/// isync 1.5 takes the test bed's mbsyncrc: `SSLType None` only earns a deprecation notice on
+/// stderr, and the exit code alone says it worked.
+#[test]
+fn isync_15_syncs_with_the_test_beds_config() {
+    let bed =
+        Testbed::with_mbsync(MbsyncVersion::Isync15, &[("alice", "INBOX", 30), ("alice", "Archive", 5)]);
+    let out = bed.run_mbsync(&["-V", "alice"], SYNC_TIMEOUT);
+    out.assert_code(0, "isync 1.5 sync of alice");
+    assert!(out.stderr.contains("SSLType is deprecated"), "stderr: {}", out.stderr);
+    // Its summary (stdout is no tty here, so there are no counter records).
+    assert!(
+        out.stdout.contains("Channels: 1    Boxes: 2    Far: +0 *0 #0 -0    Near: +35 *0 #0 -0"),
+        "{}",
+        out.stdout
+    );
     bed.assert_in_sync("alice");
 }
 

@@ -8,10 +8,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use himalaya_sync::bus::service::ServiceProxy;
+use futures_util::StreamExt;
+use himalaya_sync::bus::service::{ProgressChangedStream, ServiceProxy};
 use zbus::{Connection, OwnedVariant, fdo::DBusProxy, names::BusName};
 
-use super::{Testbed, bus::PrivateBus};
+use super::{MbsyncVersion, Testbed, bus::PrivateBus};
 
 /// Every end-to-end test's bound: none may hang CI.
 pub const TEST_TIMEOUT: Duration = Duration::from_secs(120);
@@ -37,6 +38,11 @@ impl World {
         Self::around(Testbed::new(spec)).await
     }
 
+    /// A test bed with `spec` whose mbsync, and the daemon's, is that of `version`.
+    pub async fn start_with(version: MbsyncVersion, spec: &[(&str, &str, usize)]) -> World {
+        Self::around(Testbed::with_mbsync(version, spec)).await
+    }
+
     /// The daemon around a test bed the test prepared (edited configs, ...).
     pub async fn around(tb: Testbed) -> World {
         let bus = PrivateBus::start(None);
@@ -47,11 +53,20 @@ impl World {
     }
 }
 
-/// Write the service's config.toml into the test bed's XDG config dir.
+/// Write the service's config.toml into the test bed's XDG config dir. Unless `toml` sets
+/// `mbsync` itself, it gets the test bed's mbsync when that is not plain `mbsync`.
 pub fn write_service_config(tb: &Testbed, toml: &str) {
     let dir = tb.home().join(".config/himalaya-sync");
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("config.toml"), toml).unwrap();
+    let sets_mbsync = toml.lines().any(|l| l.split('=').next().is_some_and(|k| k.trim() == "mbsync"));
+    let program = tb.mbsync_program();
+    let text = if sets_mbsync || program == Path::new("mbsync") {
+        toml.to_owned()
+    } else {
+        // Debug quoting escapes `\\` and `"` as a TOML basic string does.
+        format!("mbsync = {:?}\n{toml}", program.to_str().expect("a UTF-8 mbsync path"))
+    };
+    std::fs::write(dir.join("config.toml"), text).unwrap();
 }
 
 /// The binary under test.
@@ -229,4 +244,80 @@ pub fn spawn_exec(bus: Option<&str>, env: &[(String, String)], args: &[&str]) ->
 pub async fn name_owner(conn: &Connection, name: &str) -> Option<String> {
     let dbus = DBusProxy::new(conn).await.unwrap();
     dbus.get_name_owner(BusName::try_from(name.to_owned()).unwrap()).await.ok().map(|o| o.to_string())
+}
+
+/// A progress record as a client gets it.
+pub type Dict = std::collections::HashMap<String, OwnedVariant>;
+
+/// The `state` of a record (`""` if missing).
+pub fn state_of(d: &Dict) -> String {
+    get::<String>(d, "state").unwrap_or_default()
+}
+
+/// Whether `d` is the record of an ended run (state neither running nor stopping).
+pub fn is_final(d: &Dict) -> bool {
+    matches!(state_of(d).as_str(), "idle" | "failed")
+}
+
+/// Read `ProgressChanged` from `stream` into `records` until `account`'s final record (the
+/// daemon always sends it, after which it sends `SyncFinished`, on another stream) is there.
+pub async fn read_until_final(stream: &mut ProgressChangedStream, account: &str, records: &mut Vec<Dict>) {
+    if records.last().is_some_and(is_final) {
+        return;
+    }
+    while let Some(signal) = stream.next().await {
+        let args = signal.args().unwrap();
+        if args.account != account {
+            continue;
+        }
+        let done = is_final(&args.progress);
+        records.push(args.progress);
+        if done {
+            return;
+        }
+    }
+    panic!("the ProgressChanged stream ended before the final record");
+}
+
+/// What the records of one run, in signal order, must show with every isync version: `percent`
+/// never goes back and is below 100 until the final record; a successful run ends exact
+/// (done == total for messages, boxes and channels) at 100 %.
+pub fn assert_progress_is_honest(records: &[Dict], ok: bool) {
+    let (last, before) = records.split_last().expect("no progress records");
+    assert!(is_final(last), "the last record is not final: {last:?}");
+    let percents: Vec<f64> = records.iter().filter_map(|r| get::<f64>(r, "percent")).collect();
+    assert!(percents.windows(2).all(|w| w[0] <= w[1]), "percent went back: {percents:?}");
+    for r in before {
+        assert!(get::<f64>(r, "percent").is_none_or(|p| p < 100.0), "100 % before the end: {percents:?}");
+    }
+    if ok {
+        for key in ["messages", "boxes", "channels"] {
+            let done = get::<u32>(last, &format!("{key}_done"));
+            let total = get::<u32>(last, &format!("{key}_total"));
+            assert!(done.is_some() && done == total, "{key}: {done:?}/{total:?} at the end: {last:?}");
+        }
+        assert_eq!(get::<f64>(last, "percent"), Some(100.0), "{percents:?}");
+    }
+}
+
+/// A short line per record for failure messages: `syncing 120/2550 b1/3 c0/1 4.7%`.
+pub fn describe(records: &[Dict]) -> String {
+    records
+        .iter()
+        .map(|r| {
+            let n = |k: &str| get::<u32>(r, k).map_or("?".to_owned(), |v| v.to_string());
+            let percent = get::<f64>(r, "percent").map_or(String::new(), |p| format!(" {p}%"));
+            format!(
+                "{} {}/{} b{}/{} c{}/{}{percent}",
+                state_of(r),
+                n("messages_done"),
+                n("messages_total"),
+                n("boxes_done"),
+                n("boxes_total"),
+                n("channels_done"),
+                n("channels_total")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }

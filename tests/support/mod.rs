@@ -11,6 +11,7 @@ pub mod bus;
 pub mod daemon;
 pub mod dovecot;
 pub mod mail;
+pub mod mbsync;
 pub mod process;
 pub mod proxy;
 pub mod sampler;
@@ -20,6 +21,7 @@ use std::time::{Duration, Instant};
 
 pub use bus::PrivateBus;
 pub use dovecot::Dovecot;
+pub use mbsync::MbsyncVersion;
 pub use process::{Finished, Spawned};
 pub use proxy::Proxy;
 pub use testbed::Testbed;

@@ -79,7 +79,11 @@ impl Sampler {
                         let channels: Vec<String> =
                             match synced_channels(argv.get(1..).unwrap_or_default(), &config) {
                                 Synced::All => config.channels.iter().map(|c| c.name.clone()).collect(),
-                                Synced::Channels(set) => set.into_iter().collect(),
+                                // Only real channels: `exec` and the daemon probe the config with
+                                // a name no config defines (`mbsync -c RC 'himalaya-sync\nprobe'`).
+                                Synced::Channels(set) => {
+                                    set.into_iter().filter(|c| config.channel(c).is_some()).collect()
+                                }
                                 Synced::Nothing => Vec::new(),
                             };
                         for channel in channels {

@@ -18,6 +18,7 @@ use tempfile::TempDir;
 
 use super::dovecot::{self, Dovecot};
 use super::mail;
+use super::mbsync::MbsyncVersion;
 use super::process::{self, Finished, Spawned};
 use super::proxy::Proxy;
 
@@ -29,13 +30,29 @@ pub struct Testbed {
     pub dir: TempDir,
     users: Vec<String>,
     passwords: Mutex<BTreeMap<String, String>>,
+    /// The mbsync this test bed runs, and the daemon too (see [`Testbed::with_mbsync`]).
+    mbsync: PathBuf,
 }
 
 impl Testbed {
     /// Start Dovecot with `spec` (see [`Dovecot::start`]), a proxy in front of it, and write
     /// `home/.mbsyncrc` with an account, stores and a channel named after each user in `spec`,
-    /// plus `Group everyone` with all of them.
+    /// plus `Group everyone` with all of them. mbsync is the one in `$PATH`, unchecked.
     pub fn new(spec: &[(&str, &str, usize)]) -> Testbed {
+        Self::build(spec, PathBuf::from("mbsync"))
+    }
+
+    /// Like [`Testbed::new`], with the mbsync of `version` for the test bed's own runs and for
+    /// the daemon: unless it is plain `mbsync`, the service's config.toml gets `mbsync = PATH`
+    /// (and [`super::daemon::write_service_config`] keeps it). Fails the test, saying what to
+    /// do, if that mbsync is missing.
+    pub fn with_mbsync(version: MbsyncVersion, spec: &[(&str, &str, usize)]) -> Testbed {
+        let bed = Self::build(spec, version.program());
+        super::daemon::write_service_config(&bed, "");
+        bed
+    }
+
+    fn build(spec: &[(&str, &str, usize)], mbsync: PathBuf) -> Testbed {
         let dovecot = Dovecot::start(spec);
         let proxy = Proxy::start(dovecot.port());
         let mut dir =
@@ -48,7 +65,7 @@ impl Testbed {
             }
         }
         let passwords = users.iter().map(|u| (u.clone(), dovecot::password_of(u))).collect();
-        let bed = Testbed { proxy, dovecot, dir, users, passwords: Mutex::new(passwords) };
+        let bed = Testbed { proxy, dovecot, dir, users, passwords: Mutex::new(passwords), mbsync };
         for d in [".config", ".local/state"] {
             fs::create_dir_all(bed.home().join(d)).expect("create XDG dirs");
         }
@@ -62,6 +79,11 @@ impl Testbed {
         }
         bed.write_mbsyncrc();
         bed
+    }
+
+    /// The mbsync program this test bed runs (`mbsync` or a path).
+    pub fn mbsync_program(&self) -> &std::path::Path {
+        &self.mbsync
     }
 
     /// Users with a channel in the mbsyncrc, in `spec` order.
@@ -140,7 +162,7 @@ impl Testbed {
 
     /// `mbsync -c RC ARGS...` with the env of [`Testbed::env`]; add args or spawn it yourself.
     pub fn mbsync_command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new("mbsync");
+        let mut cmd = Command::new(&self.mbsync);
         cmd.arg("-c").arg(self.mbsyncrc()).args(args).envs(self.env());
         cmd
     }
