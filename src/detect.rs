@@ -18,9 +18,8 @@ use tokio::io::unix::AsyncFd;
 
 use crate::{
     core::{Core, Locks},
-    foreign::{self, Synced},
+    foreign,
     mbsyncrc::{MbsyncConfig, StoreKind},
-    process::ProcInfo,
 };
 
 /// Where mbsync creates its lock files for `config`'s channels: directories to watch, with the
@@ -89,40 +88,6 @@ pub fn lock_owner(path: &Path) -> Option<u32> {
             .flatten()
             .and_then(|pid| u32::try_from(pid).ok())
     })
-}
-
-/// Every bare mbsync of `uid` with the service's config that syncs one of `channels`: its
-/// process and the channels (of those) it syncs. Children of `own_pid` are the service's own.
-#[must_use]
-pub fn scan(search: &foreign::Search<'_>) -> Vec<(ProcInfo, BTreeSet<String>)> {
-    crate::process::all_pids().filter_map(|pid| confirm(search, pid)).collect()
-}
-
-/// Whether `pid` is a bare mbsync as [`scan`] means it, with the channels it syncs.
-#[must_use]
-pub fn confirm(search: &foreign::Search<'_>, pid: u32) -> Option<(ProcInfo, BTreeSet<String>)> {
-    let info = ProcInfo::read(pid)?;
-    if !info.is_mbsync_of(search.uid) || info.ppid == search.own_pid || info.pid == search.own_pid {
-        return None;
-    }
-    let args = info.argv.get(1..).unwrap_or_default();
-    let theirs = match foreign::config_arg(args) {
-        Some(path) => info.cwd.as_deref().map_or_else(|| PathBuf::from(path), |cwd| cwd.join(path)),
-        None => search.default_config_path.to_owned(),
-    };
-    if canonical(&theirs) != canonical(search.config_path) {
-        return None;
-    }
-    let channels: BTreeSet<String> = match foreign::synced_channels(args, search.config) {
-        Synced::All => search.channels.iter().cloned().collect(),
-        Synced::Channels(set) => search.channels.iter().filter(|c| set.contains(*c)).cloned().collect(),
-        Synced::Nothing => BTreeSet::new(),
-    };
-    (!channels.is_empty()).then_some((info, channels))
-}
-
-fn canonical(path: &Path) -> PathBuf {
-    std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned())
 }
 
 /// An `Inotify` for tokio's `AsyncFd`, which wants `AsRawFd`.
@@ -231,9 +196,9 @@ impl<L: Locks> Core<L> {
     /// bare mbsync on our channels) and follow it.
     pub fn lock_opened(&self, path: &Path) {
         let found = self.search_all(|search| match lock_owner(path) {
-            Some(pid) => confirm(search, pid).into_iter().collect(),
+            Some(pid) => foreign::confirm(search, pid).into_iter().collect(),
             // Opened, not yet locked (mbsync locks right after the open): /proc knows it already.
-            None => scan(search),
+            None => foreign::scan(search),
         });
         for (info, channels) in found.unwrap_or_default() {
             self.process_found(&info, &channels);
@@ -242,7 +207,7 @@ impl<L: Locks> Core<L> {
 
     /// Look for bare mbsync runs once (at start: they may predate the service).
     pub fn scan_bare(&self) {
-        for (info, channels) in self.search_all(scan).unwrap_or_default() {
+        for (info, channels) in self.search_all(foreign::scan).unwrap_or_default() {
             self.process_found(&info, &channels);
         }
     }
@@ -251,15 +216,6 @@ impl<L: Locks> Core<L> {
     fn search_all<T>(&self, f: impl FnOnce(&foreign::Search<'_>) -> T) -> Option<T> {
         let config = self.mbsync_config()?;
         let channels: Vec<String> = config.channels.iter().map(|c| c.name.clone()).collect();
-        let settings = self.settings();
-        let default_config = settings.paths.mbsync_config(None);
-        Some(f(&foreign::Search {
-            channels: &channels,
-            config: &config,
-            config_path: &settings.mbsync_config,
-            default_config_path: &default_config,
-            uid: crate::process::my_uid(),
-            own_pid: std::process::id(),
-        }))
+        Some(self.search(&config, &channels, f))
     }
 }

@@ -5,10 +5,13 @@
 //! "The lock"). Reading /proc once per Sync call costs no polling. Which channels an mbsync
 //! command line syncs is pure logic ([`synced_channels`], in [`crate::mbsync_args`]).
 
-use std::path::Path;
+use std::{
+    collections::BTreeSet,
+    path::{Path, PathBuf},
+};
 
 pub use crate::mbsync_args::{Synced, config_arg, synced_channels};
-use crate::mbsyncrc::MbsyncConfig;
+use crate::{mbsyncrc::MbsyncConfig, process::ProcInfo};
 
 /// An mbsync found running outside the service.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,68 +41,67 @@ pub struct Search<'a> {
 /// Find an mbsync of the user, run with the same config, that syncs one of the channels.
 #[must_use]
 pub fn find(search: &Search<'_>) -> Option<Found> {
-    let ours = canonical(search.config_path);
-    let dir = std::fs::read_dir("/proc").ok()?;
-    for entry in dir.filter_map(Result::ok) {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
-        let Some(argv) = mbsync_argv(pid, search.uid, search.own_pid) else { continue };
-        let theirs = match config_arg(&argv[1..]) {
-            // A relative path is relative to that process's working directory.
-            Some(path) => canonical(&Path::new("/proc").join(pid.to_string()).join("cwd").join(path)),
-            None => canonical(search.default_config_path),
-        };
-        if theirs != ours {
-            continue;
-        }
-        let (channels, config) = (search.channels, search.config);
-        let hit = match synced_channels(&argv[1..], config) {
-            Synced::All => channels.first(),
-            Synced::Channels(set) => channels.iter().find(|c| set.contains(*c)),
-            Synced::Nothing => None,
-        };
-        if let Some(channel) = hit {
-            return Some(Found { pid, channel: channel.clone(), command: argv });
-        }
+    let (info, synced) = scan(search).into_iter().next()?;
+    let channel = search.channels.iter().find(|c| synced.contains(*c))?.clone();
+    Some(Found { pid: info.pid, channel, command: info.argv })
+}
+
+/// Every bare mbsync of the user with the service's config that syncs one of the channels: its
+/// process and which of the channels it syncs.
+#[must_use]
+pub fn scan(search: &Search<'_>) -> Vec<(ProcInfo, BTreeSet<String>)> {
+    crate::process::all_pids().filter_map(|pid| confirm(search, pid)).collect()
+}
+
+/// Whether process `pid` is such an mbsync (not one this process started), and the channels it
+/// syncs.
+#[must_use]
+pub fn confirm(search: &Search<'_>, pid: u32) -> Option<(ProcInfo, BTreeSet<String>)> {
+    let info = ProcInfo::read(pid)?;
+    // A zombie has no exe: it is finished anyway.
+    if !info.is_mbsync_of(search.uid) || info.ppid == search.own_pid || info.pid == search.own_pid {
+        return None;
     }
-    None
-}
-
-fn canonical(path: &Path) -> std::path::PathBuf {
-    std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned())
-}
-
-/// The argv of process `pid` if it is an mbsync of user `uid` that `own_pid` did not start.
-fn mbsync_argv(pid: u32, uid: u32, own_pid: u32) -> Option<Vec<String>> {
-    let proc = Path::new("/proc").join(pid.to_string());
-    let status = std::fs::read_to_string(proc.join("status")).ok()?;
-    let field = |name: &str| {
-        status.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.split_whitespace().next())
+    let args = info.argv.get(1..).unwrap_or_default();
+    let theirs = match config_arg(args) {
+        // A relative path is relative to that process's working directory.
+        Some(path) => info.cwd.as_deref().map_or_else(|| PathBuf::from(path), |cwd| cwd.join(path)),
+        None => search.default_config_path.to_owned(),
     };
-    // Real uid: the user's own processes only.
-    if field("Uid:")?.parse::<u32>().ok()? != uid || field("PPid:")?.parse::<u32>().ok()? == own_pid {
+    if canonical(&theirs) != canonical(search.config_path) {
         return None;
     }
-    // A zombie has no exe; it is finished anyway.
-    let exe = std::fs::read_link(proc.join("exe")).ok()?;
-    if exe.file_name()? != "mbsync" {
-        return None;
-    }
-    let cmdline = std::fs::read(proc.join("cmdline")).ok()?;
-    let argv: Vec<String> = cmdline
-        .split(|&b| b == 0)
-        .filter(|a| !a.is_empty())
-        .map(|a| String::from_utf8_lossy(a).into_owned())
-        .collect();
-    (!argv.is_empty()).then_some(argv)
+    let channels: BTreeSet<String> = match synced_channels(args, search.config) {
+        Synced::All => search.channels.iter().cloned().collect(),
+        Synced::Channels(set) => search.channels.iter().filter(|c| set.contains(*c)).cloned().collect(),
+        Synced::Nothing => BTreeSet::new(),
+    };
+    (!channels.is_empty()).then_some((info, channels))
+}
+
+fn canonical(path: &Path) -> PathBuf {
+    std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mbsyncrc;
 
     #[test]
-    fn this_process_is_not_an_mbsync() {
-        let me = std::process::id();
-        assert_eq!(mbsync_argv(me, nix::unistd::getuid().as_raw(), 1), None);
+    fn this_process_and_other_programs_are_no_bare_mbsync() {
+        let config =
+            mbsyncrc::parse("MaildirStore l\nPath /m/\n\nChannel alice\nFar :l:a\nNear :l:b\n").unwrap();
+        let channels = vec!["alice".to_owned()];
+        let search = Search {
+            channels: &channels,
+            config: &config,
+            config_path: Path::new("/nonexistent/rc"),
+            default_config_path: Path::new("/nonexistent/rc"),
+            uid: crate::process::my_uid(),
+            own_pid: 1,
+        };
+        assert_eq!(confirm(&search, std::process::id()), None);
+        assert!(scan(&search).is_empty(), "no mbsync uses /nonexistent/rc");
     }
 }

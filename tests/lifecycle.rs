@@ -10,8 +10,8 @@ use support::{
     MbsyncVersion, Testbed,
     bus::PrivateBus,
     daemon::{
-        BIN, Daemon, World, connect, get, mbsync_pids_for, service, spawn_exec, wait_until, with_timeout,
-        write_service_config,
+        BIN, Daemon, World, connect, get, mbsync_pids_for, service, spawn_exec, wait_until, wakeups,
+        with_timeout, write_service_config,
     },
 };
 use zbus::{fdo::DBusProxy, names::BusName};
@@ -234,23 +234,6 @@ async fn live_introspection_matches_the_contract() {
         assert_eq!(live, contract, "the live API differs from dbus/org.himalaya.Sync.xml");
     })
     .await;
-}
-
-/// The sum of voluntary and involuntary context switches of every thread of `pid`: it only
-/// grows when a thread wakes up.
-fn wakeups(pid: u32) -> u64 {
-    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
-    tasks
-        .filter_map(Result::ok)
-        .map(|t| {
-            let status = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
-            status
-                .lines()
-                .filter(|l| l.contains("ctxt_switches"))
-                .filter_map(|l| l.split_whitespace().last()?.parse::<u64>().ok())
-                .sum::<u64>()
-        })
-        .sum()
 }
 
 /// Scenario 8: after a sync the idle daemon does not wake at all (no polling timers).

@@ -13,7 +13,9 @@ use std::{collections::HashMap, time::Duration};
 use futures_util::StreamExt;
 use support::{
     MbsyncVersion::{self, Isync14, Isync15},
-    daemon::{World, error_name, get, mbsync_pids_for, name_owner, spawn_exec, wait_until, with_timeout},
+    daemon::{
+        World, error_name, get, mbsync_pids_for, name_owner, spawn_exec, wait_until, wakeups, with_timeout,
+    },
     sampler::Sampler,
 };
 use zbus::OwnedVariant;
@@ -295,7 +297,7 @@ async fn a_bare_mbsync_appears_within_a_second_and_goes_away(version: MbsyncVers
         w.tb.proxy.set_rate(Some(100_000));
         let mut changes = w.svc.receive_progress_changed().await.unwrap();
         let started = std::time::Instant::now();
-        let bare = w.tb.spawn_mbsync(&["alice"]);
+        let mut bare = w.tb.spawn_mbsync(&["alice"]);
         let seen = loop {
             let s = changes.next().await.unwrap();
             let args = s.args().unwrap();
@@ -305,6 +307,14 @@ async fn a_bare_mbsync_appears_within_a_second_and_goes_away(version: MbsyncVers
         };
         println!("a bare mbsync was seen {seen:?} after it started");
         assert!(seen < Duration::from_secs(1), "seen only after {seen:?}");
+        // No timer runs for it: while it syncs (a second at least, throttled), the daemon wakes
+        // only for the lock files mbsync opens, not on a clock.
+        let woke = wakeups(w.daemon.pid());
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let woke = wakeups(w.daemon.pid()) - woke;
+        println!("the daemon woke {woke} times in 1 s of an external sync");
+        assert!(!bare.has_exited(), "the bare sync was over too soon to tell");
+        assert!(woke <= 10, "the daemon woke {woke} times in 1 s while a bare mbsync ran");
         w.tb.proxy.set_rate(None);
         bare.wait(LONG).assert_code(0, "the bare mbsync");
         wait_until("alice to be idle again", Duration::from_secs(2), || async {

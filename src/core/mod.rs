@@ -438,16 +438,25 @@ impl<L: Locks> Core<L> {
 
     /// A bare mbsync of this user and config that syncs one of `channels`.
     fn find_bare(&self, config: &MbsyncConfig, channels: &[String]) -> Option<foreign::Found> {
+        self.search(config, channels, foreign::find)
+    }
+
+    /// Run `f` with a search for bare mbsync runs of this user and config on `channels`.
+    pub(crate) fn search<T>(
+        &self,
+        config: &MbsyncConfig,
+        channels: &[String],
+        f: impl FnOnce(&foreign::Search<'_>) -> T,
+    ) -> T {
         let settings = &self.shared.settings;
-        let search = foreign::Search {
+        f(&foreign::Search {
             channels,
             config,
             config_path: &settings.mbsync_config,
             default_config_path: &settings.paths.mbsync_config(None),
             uid: crate::process::my_uid(),
             own_pid: std::process::id(),
-        };
-        foreign::find(&search)
+        })
     }
 
     /// Stop the service's own sync of `account` safely (SIGTERM, then SIGKILL after the grace

@@ -218,14 +218,21 @@ impl<L: Locks> Core<L> {
             };
             targets.push(Target { holder: Some(holder), mbsync, channels });
         }
-        if let Some(found) = self.find_bare(config, channels) {
-            // Not a holder's child (those are handled with their holder).
-            let info = ProcInfo::read(found.pid);
-            let is_holders = targets.iter().any(|t| t.mbsync.as_ref().map(|m| m.pid) == Some(found.pid));
-            if let Some(info) = info.filter(|_| !is_holders) {
-                let channels = channels_of_argv(config, &info);
-                targets.push(Target { holder: None, mbsync: Some(info), channels });
+        let bare = self.search(config, channels, foreign::scan);
+        for (info, _) in bare {
+            if targets.iter().any(|t| t.mbsync.as_ref().is_some_and(|m| m.pid == info.pid)) {
+                continue;
             }
+            // A holder that started its mbsync after we looked for its child: it is the holder's.
+            if let Some(t) =
+                targets.iter_mut().find(|t| t.holder.as_ref().and_then(|h| h.pid) == Some(info.ppid))
+            {
+                t.channels = channels_of_argv(config, &info);
+                t.mbsync = Some(info);
+                continue;
+            }
+            let channels = channels_of_argv(config, &info);
+            targets.push(Target { holder: None, mbsync: Some(info), channels });
         }
         targets
     }

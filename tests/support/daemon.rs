@@ -321,3 +321,20 @@ pub fn describe(records: &[Dict]) -> String {
         .collect::<Vec<_>>()
         .join("\n")
 }
+
+/// The sum of voluntary and involuntary context switches of every thread of `pid`: it only
+/// grows when a thread wakes up.
+pub fn wakeups(pid: u32) -> u64 {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+    tasks
+        .filter_map(Result::ok)
+        .map(|t| {
+            let status = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
+            status
+                .lines()
+                .filter(|l| l.contains("ctxt_switches"))
+                .filter_map(|l| l.split_whitespace().last()?.parse::<u64>().ok())
+                .sum::<u64>()
+        })
+        .sum()
+}
