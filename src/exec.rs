@@ -264,7 +264,10 @@ impl Holder {
         // Taken over (or asked to stop) before mbsync even started: start nothing.
         if let Ok(reason) = stop_rx.try_recv() {
             locks.release(&self.channels).await;
-            return fail(EXIT_BUSY, &format!("stopped before mbsync started ({reason:?}); mbsync was not started"));
+            return fail(
+                EXIT_BUSY,
+                &format!("stopped before mbsync started ({reason:?}); mbsync was not started"),
+            );
         }
         let mut mbsync = match Mbsync::spawn(program, args) {
             Ok(m) => m,
