@@ -261,7 +261,12 @@ impl Holder {
                 ),
             );
         }
-        // Taken over (or asked to stop) before mbsync even started: start nothing.
+        // Taken over (or asked to stop) before mbsync even started: start nothing. The bus is
+        // asked too: the NameLost of a takeover may still be on its way.
+        if !self.owns_all(&dbus).await {
+            locks.release(&self.channels).await;
+            return fail(EXIT_BUSY, "the lock was taken over before mbsync started; mbsync was not started");
+        }
         if let Ok(reason) = stop_rx.try_recv() {
             locks.release(&self.channels).await;
             return fail(
@@ -297,6 +302,20 @@ impl Holder {
             tracing::info!(account = self.account, "handed over");
         }
         exit_of(&ended)
+    }
+
+    /// Whether this connection still owns every lock of the account.
+    async fn owns_all(&self, dbus: &DBusProxy<'_>) -> bool {
+        let Some(me) = self.conn.unique_name() else { return false };
+        for channel in &self.channels {
+            let Ok(lock) = crate::names::lock_name(channel) else { return false };
+            let Ok(lock) = BusName::try_from(lock.as_str()) else { return false };
+            match dbus.get_name_owner(lock).await {
+                Ok(owner) if owner == *me => {}
+                _ => return false,
+            }
+        }
+        true
     }
 
     /// Whether the service's connection owns the lock of `channel`.

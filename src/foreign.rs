@@ -62,6 +62,11 @@ pub fn confirm(search: &Search<'_>, pid: u32) -> Option<(ProcInfo, BTreeSet<Stri
     if !info.is_mbsync_of(search.uid) || info.ppid == search.own_pid || info.pid == search.own_pid {
         return None;
     }
+    // A helper an mbsync forked (isync 1.5 resolves host names in a child with the same argv) is
+    // part of its parent's run, not a sync of its own.
+    if ProcInfo::read(info.ppid).is_some_and(|parent| parent.is_mbsync_of(search.uid)) {
+        return None;
+    }
     let args = info.argv.get(1..).unwrap_or_default();
     let theirs = match config_arg(args) {
         // A relative path is relative to that process's working directory.

@@ -150,6 +150,23 @@ impl Held {
     }
 }
 
+/// Wait until process `pid` has exited, at most `timeout` (never signals it); whether it did.
+pub async fn wait_exit(pid: u32, timeout: Duration) -> bool {
+    let Some(raw) = Pid::from_raw(i32::try_from(pid).unwrap_or(-1)) else { return true };
+    let fd = match pidfd_open(raw, PidfdFlags::empty()) {
+        Ok(fd) => fd,
+        Err(rustix::io::Errno::SRCH) => return true,
+        Err(err) => {
+            tracing::debug!(pid, %err, "cannot open a pidfd to wait on");
+            return false;
+        }
+    };
+    match register(fd) {
+        Ok(fd) => tokio::time::timeout(timeout, fd.readable()).await.is_ok(),
+        Err(_) => false,
+    }
+}
+
 /// Register a descriptor-owning value with the runtime, for readability.
 #[allow(unsafe_code)]
 pub fn register<T: std::os::fd::AsRawFd>(owner: T) -> io::Result<AsyncFd<T>> {

@@ -42,6 +42,16 @@ async fn wait_external(w: &World, account: &str, owner: &str) -> Dict {
     w.svc.get_progress(account).await.unwrap()
 }
 
+/// A test bed with a slow server, a sampler, and an `exec` holder of alice the service sees.
+async fn exec_holder_of_alice(version: MbsyncVersion) -> (World, Sampler, support::Spawned) {
+    let w = World::start_with(version, SPEC).await;
+    w.tb.proxy.set_rate(Some(100_000));
+    let sampler = Sampler::start(&w.tb.mbsyncrc());
+    let exec = spawn_exec(Some(w.bus.address()), &w.tb.env(), &["alice"]);
+    wait_external(&w, "alice", "client").await;
+    (w, sampler, exec)
+}
+
 /// Wait for the service's own run of `account` to end; whether it succeeded, and its message.
 async fn finished(
     stream: &mut himalaya_sync::bus::service::SyncFinishedStream,
@@ -145,11 +155,7 @@ async fn takeover_of_a_bare_mbsync_all_restarts_every_channel_isync15() {
 /// stops its mbsync at once and exits; the service finishes the sync.
 async fn takeover_of_an_exec_holder(version: MbsyncVersion) {
     with_timeout(async {
-        let w = World::start_with(version, SPEC).await;
-        w.tb.proxy.set_rate(Some(100_000));
-        let sampler = Sampler::start(&w.tb.mbsyncrc());
-        let exec = spawn_exec(Some(w.bus.address()), &w.tb.env(), &["alice"]);
-        wait_external(&w, "alice", "client").await;
+        let (w, sampler, exec) = exec_holder_of_alice(version).await;
         wait_until("the holder's progress to be relayed", LONG, || async {
             get::<u32>(&w.svc.get_progress("alice").await.unwrap(), "messages_done").unwrap_or(0) > 0
         })
@@ -186,11 +192,7 @@ async fn takeover_of_an_exec_holder_isync15() {
 /// Graceful handoff from `exec` to the service: no overlap, `exec` exits 0, the mail is exact.
 async fn handoff_from_exec_to_the_service(version: MbsyncVersion) {
     with_timeout(async {
-        let w = World::start_with(version, SPEC).await;
-        w.tb.proxy.set_rate(Some(100_000));
-        let sampler = Sampler::start(&w.tb.mbsyncrc());
-        let exec = spawn_exec(Some(w.bus.address()), &w.tb.env(), &["alice"]);
-        wait_external(&w, "alice", "client").await;
+        let (w, sampler, exec) = exec_holder_of_alice(version).await;
         let mut fin = w.svc.receive_sync_finished().await.unwrap();
         let answer = w.svc.request_handoff("alice", 5000).await.unwrap();
         assert_eq!(get::<String>(&answer, "stopped_owner").as_deref(), Some("client"));
@@ -517,7 +519,10 @@ async fn takeover_never_signals_what_is_not_our_mbsync() {
         }
     }
     with_timeout(async {
-        let w = World::start(&[("bob", "INBOX", 20)]).await;
+        let tb = support::Testbed::new(&[("bob", "INBOX", 20)]);
+        // A holder that does not exit when it loses its lock costs a TakeOver the grace period.
+        support::daemon::write_service_config(&tb, "stop_grace = 1\n");
+        let w = World::around(tb).await;
         let mut sleeper = std::process::Command::new("sleep").arg("60").spawn().unwrap();
         let holder = support::daemon::connect(w.bus.address()).await;
         holder.object_server().at("/org/himalaya/Sync/LockHolder", Liar { pid: sleeper.id() }).await.unwrap();

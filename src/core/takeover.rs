@@ -37,6 +37,15 @@ pub struct Stopped {
     pub restarted: Vec<String>,
 }
 
+/// The channels a takeover or handoff holds in the core's `busy` map while it works.
+struct Reservation {
+    config: MbsyncConfig,
+    /// The requested account's channels.
+    requested: Vec<String>,
+    /// Those, and every channel the stopped sync covered.
+    reserved: Vec<String>,
+}
+
 /// One sync found on the channels.
 #[derive(Debug, Clone)]
 struct Target {
@@ -55,24 +64,15 @@ impl<L: Locks> Core<L> {
     /// (nothing runs anywhere); `PermissionDenied` (the process is not this user's mbsync:
     /// nothing was signalled); `LockedElsewhere` (a holder that does not allow replacement).
     pub async fn take_over(&self, account: &str) -> Result<Stopped> {
-        let (config, requested) = self.reserve_account(account)?;
-        let mut reserved = requested.clone();
-        let result = self.take_over_reserved(account, &config, &requested, &mut reserved).await;
-        if result.is_err() {
-            self.unreserve(&reserved);
-        }
-        result
+        let mut r = self.reserve_account(account)?;
+        let result = self.take_over_reserved(account, &mut r).await;
+        self.settle(&r, result)
     }
 
-    async fn take_over_reserved(
-        &self,
-        account: &str,
-        config: &MbsyncConfig,
-        requested: &[String],
-        reserved: &mut Vec<String>,
-    ) -> Result<Stopped> {
+    async fn take_over_reserved(&self, account: &str, r: &mut Reservation) -> Result<Stopped> {
+        let (config, reserved) = (&r.config, &mut r.reserved);
         let uid = process::my_uid();
-        let mut targets = self.targets(config, requested).await;
+        let mut targets = self.targets(config, &r.requested).await;
         if targets.is_empty() {
             return Err(Error::NotRunning { account: account.into() });
         }
@@ -103,6 +103,24 @@ impl<L: Locks> Core<L> {
                 h.stop(grace).await;
             }
         }
+        // A holder whose mbsync we do not hold may be about to start one: it took its names just
+        // before we took them and has not seen NameLost yet. An `exec` then gives up and exits;
+        // wait for that, then stop whatever mbsync it still runs.
+        let unheld: BTreeSet<&Holder> = holders
+            .values()
+            .filter(|h| !targets.iter().any(|t| t.holder.as_ref() == Some(*h) && t.mbsync.is_some()))
+            .collect();
+        for holder in unheld {
+            let Some(pid) = holder.pid else { continue };
+            process::wait_exit(pid, grace).await;
+            if let Some(h) = child_mbsync(pid, uid).and_then(|info| Held::open_mbsync(&info, uid).ok()) {
+                tracing::warn!(
+                    pid = h.info.pid,
+                    "a holder started mbsync after losing its lock; stopping it"
+                );
+                h.stop(grace).await;
+            }
+        }
         let first = &targets[0];
         let stopped = stopped_of(first, held.first());
         let rest: Vec<String> = scope.channels.iter().filter(|c| !taken.contains(c)).cloned().collect();
@@ -120,25 +138,20 @@ impl<L: Locks> Core<L> {
     /// Invalid or unknown account; `AlreadySyncing`; `NotRunning`; `HandoffRefused` (the holder
     /// said no, a bare mbsync, or several holders); `HandoffTimeout` (the holder keeps its lock).
     pub async fn request_handoff(&self, account: &str, timeout: Duration) -> Result<Stopped> {
-        let (config, requested) = self.reserve_account(account)?;
-        let mut reserved = requested.clone();
-        let result = self.handoff_reserved(account, &config, &requested, &mut reserved, timeout).await;
-        if result.is_err() {
-            self.unreserve(&reserved);
-        }
-        result
+        let mut r = self.reserve_account(account)?;
+        let result = self.handoff_reserved(account, &mut r, timeout).await;
+        self.settle(&r, result)
     }
 
     async fn handoff_reserved(
         &self,
         account: &str,
-        config: &MbsyncConfig,
-        requested: &[String],
-        reserved: &mut Vec<String>,
+        r: &mut Reservation,
         timeout: Duration,
     ) -> Result<Stopped> {
+        let (config, reserved) = (&r.config, &mut r.reserved);
         let refused = |reason: String| Error::HandoffRefused { account: account.into(), reason };
-        let mut targets = self.targets(config, requested).await;
+        let mut targets = self.targets(config, &r.requested).await;
         let holders: BTreeSet<Holder> = targets.iter().filter_map(|t| t.holder.clone()).collect();
         if let Some(bare) = targets.iter().find(|t| t.holder.is_none()) {
             let pid = bare.mbsync.as_ref().map_or(0, |m| m.pid);
@@ -187,14 +200,22 @@ impl<L: Locks> Core<L> {
     }
 
     /// Validate `account`, and reserve its channels.
-    fn reserve_account(&self, account: &str) -> Result<(MbsyncConfig, Vec<String>)> {
+    fn reserve_account(&self, account: &str) -> Result<Reservation> {
         let mut inner = self.inner();
         let mut channels = self.lookup(&mut inner, account)?;
         channels.sort();
         channels.dedup();
         let config = inner.mbsync.as_ref().map_err(|e| Error::ConfigError(e.clone()))?.clone();
         inner.reserve(account, &channels)?;
-        Ok((config, channels))
+        Ok(Reservation { config, reserved: channels.clone(), requested: channels })
+    }
+
+    /// A failed takeover or handoff gives its reservation back; a successful one's run has it.
+    fn settle<T>(&self, r: &Reservation, result: Result<T>) -> Result<T> {
+        if result.is_err() {
+            self.unreserve(&r.reserved);
+        }
+        result
     }
 
     /// Every sync on `channels`: lock holders (with their mbsync, if one runs) and bare mbsync.

@@ -62,6 +62,13 @@ fn argv(pid: u32) -> Vec<String> {
         .unwrap_or_default()
 }
 
+fn ppid(pid: u32) -> u32 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(") ")?.1.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0)
+}
+
 impl Sampler {
     /// Start sampling the mbsync processes that use the mbsync config `rc`.
     pub fn start(rc: &Path) -> Sampler {
@@ -74,7 +81,13 @@ impl Sampler {
             std::thread::spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
                     let mut per_channel: BTreeMap<String, Vec<Vec<String>>> = BTreeMap::new();
-                    for pid in mbsync_pids_for(&rc) {
+                    let pids = mbsync_pids_for(&rc);
+                    for &pid in &pids {
+                        // isync 1.5 forks a copy of itself to resolve the host name: part of its
+                        // parent's run, not a second sync.
+                        if pids.contains(&ppid(pid)) {
+                            continue;
+                        }
                         let argv = argv(pid);
                         let channels: Vec<String> =
                             match synced_channels(argv.get(1..).unwrap_or_default(), &config) {
