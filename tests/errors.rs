@@ -43,6 +43,8 @@ async fn hostile_account_names_get_typed_errors_on_every_method() {
                 ("Sync", svc.sync(name).await.map(|()| String::new())),
                 ("Cancel", svc.cancel(name).await.map(|()| String::new())),
                 ("GetProgress", svc.get_progress(name).await.map(|d| format!("{d:?}"))),
+                ("TakeOver", svc.take_over(name).await.map(|d| format!("{d:?}"))),
+                ("RequestHandoff", svc.request_handoff(name, 100).await.map(|d| format!("{d:?}"))),
             ] {
                 let err = result.expect_err(&format!("{method}({name:?}) must fail"));
                 let err_name = zbus::DBusError::name(&err).to_string();
@@ -52,6 +54,9 @@ async fn hostile_account_names_get_typed_errors_on_every_method() {
             }
         }
         assert_eq!(error_name(svc.sync("-a").await), "org.himalaya.Sync.Error.InvalidAccount");
+        // Nothing runs anywhere: nothing to take over or hand over.
+        assert_eq!(error_name(svc.take_over("alice").await), "org.himalaya.Sync.Error.NotRunning");
+        assert_eq!(error_name(svc.request_handoff("alice", 100).await), "org.himalaya.Sync.Error.NotRunning");
         let unknown = svc.sync("nosuch").await.unwrap_err();
         let text = zbus::DBusError::description(&unknown).unwrap_or_default();
         assert!(text.contains("\"alice\"") && text.contains("\"bob\""), "lists the known accounts: {text}");

@@ -14,7 +14,8 @@ use futures_util::StreamExt;
 use support::{
     MbsyncVersion::{self, Isync14, Isync15},
     daemon::{
-        World, error_name, get, mbsync_pids_for, name_owner, spawn_exec, wait_until, wakeups, with_timeout,
+        World, error_name, get, mbsync_pids_for, name_owner, run_cli, spawn_exec, wait_until, wakeups,
+        with_timeout,
     },
     sampler::Sampler,
 };
@@ -573,4 +574,48 @@ async fn finished_within(
     timeout: Duration,
 ) -> Option<bool> {
     tokio::time::timeout(timeout, stream.next()).await.ok().flatten().map(|s| s.args().unwrap().ok)
+}
+
+/// The client commands: `status` shows an external sync, `takeover` and `handoff` say what they
+/// stopped and follow the restarted sync to its end (exit 0); nothing running → exit 1 with the
+/// error's name.
+#[tokio::test]
+async fn cli_status_takeover_and_handoff() {
+    with_timeout(async {
+        let w = World::start(SPEC).await;
+        w.tb.proxy.set_rate(Some(200_000));
+        let cli = |args: &'static [&'static str]| {
+            let (bus, env) = (w.bus.address().to_owned(), w.tb.env());
+            async move { tokio::task::spawn_blocking(move || run_cli(&bus, &env, args)).await.unwrap() }
+        };
+        let text = |out: &std::process::Output| {
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+        };
+
+        let bare = w.tb.spawn_mbsync(&["alice"]);
+        wait_external(&w, "alice", "process").await;
+        let status = cli(&["status", "alice"]).await;
+        assert!(text(&status).contains("alice: external, by a bare mbsync"), "{}", text(&status));
+        let out = cli(&["takeover", "alice"]).await;
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        let said = text(&out);
+        assert!(said.contains(&format!("stopped mbsync PID {} (a bare mbsync", bare.pid())), "{said}");
+        assert!(said.contains("now syncing alice") && said.contains("alice: sync finished"), "{said}");
+        drop(bare);
+
+        w.tb.dovecot.add_messages("bob", "INBOX", 400);
+        let exec = spawn_exec(Some(w.bus.address()), &w.tb.env(), &["bob"]);
+        wait_external(&w, "bob", "client").await;
+        let out = cli(&["handoff", "bob", "--timeout", "5000"]).await;
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        assert!(text(&out).contains("(a lock holder"), "{}", text(&out));
+        exec.wait(LONG).assert_code(0, "exec after a handoff");
+
+        let out = cli(&["takeover", "bob"]).await;
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+        assert!(text(&out).contains("org.himalaya.Sync.Error.NotRunning"), "{}", text(&out));
+        w.tb.assert_in_sync("alice");
+        w.tb.assert_in_sync("bob");
+    })
+    .await;
 }
