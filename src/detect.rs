@@ -8,7 +8,7 @@
 //! then on, so its end is seen at once too. Idle, nothing here wakes.
 
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::HashMap,
     os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
 };
@@ -22,25 +22,20 @@ use crate::{
     mbsyncrc::{MbsyncConfig, StoreKind},
 };
 
-/// Where mbsync creates its lock files for `config`'s channels: directories to watch, with the
-/// channels whose locks appear there. `home` and `state_home` expand `~` and mbsync's defaults.
+/// The directories where mbsync creates its lock files for `config`'s channels. `home` and
+/// `state_home` expand `~` and mbsync's defaults.
 #[must_use]
-pub fn lock_places(
-    config: &MbsyncConfig,
-    home: &Path,
-    state_home: &Path,
-) -> Vec<(PathBuf, BTreeSet<String>)> {
+pub fn lock_places(config: &MbsyncConfig, home: &Path, state_home: &Path) -> Vec<PathBuf> {
     let expand = |p: &str| match p.strip_prefix("~/") {
         Some(rest) => home.join(rest),
         None if p == "~" => home.to_owned(),
         None => PathBuf::from(p),
     };
-    let mut places: Vec<(PathBuf, BTreeSet<String>)> = Vec::new();
-    let mut add = |dir: PathBuf, channel: &str| match places.iter_mut().find(|(d, _)| *d == dir) {
-        Some((_, set)) => {
-            set.insert(channel.to_owned());
+    let mut places: Vec<PathBuf> = Vec::new();
+    let mut add = |dir: PathBuf| {
+        if !places.contains(&dir) {
+            places.push(dir);
         }
-        None => places.push((dir, BTreeSet::from([channel.to_owned()]))),
     };
     for channel in &config.channels {
         match channel.sync_state.as_deref().or(config.sync_state.as_deref()) {
@@ -48,28 +43,27 @@ pub fn lock_places(
                 // In the near Maildir box itself: the store's root holds the boxes.
                 let store = channel.near.as_deref().and_then(|n| config.store(n));
                 if let Some(store) = store.filter(|s| s.kind == StoreKind::Maildir) {
-                    if let Some(path) = &store.path {
-                        add(expand(path), &channel.name);
-                    }
-                    if let Some(inbox) = &store.inbox {
-                        add(expand(inbox), &channel.name);
-                    }
+                    store
+                        .path
+                        .as_deref()
+                        .into_iter()
+                        .chain(store.inbox.as_deref())
+                        .for_each(|p| add(expand(p)));
                 }
             }
             Some(prefix) => {
                 // A path prefix: the locks are files in its directory.
                 let path = expand(prefix);
-                let dir = if prefix.ends_with('/') {
+                add(if prefix.ends_with('/') {
                     path
                 } else {
                     path.parent().map(Path::to_owned).unwrap_or(path)
-                };
-                add(dir, &channel.name);
+                });
             }
             None => {
                 // mbsync's default: ~/.mbsync/ (1.5 prefers $XDG_STATE_HOME/isync/ when it exists).
-                add(home.join(".mbsync"), &channel.name);
-                add(state_home.join("isync"), &channel.name);
+                add(home.join(".mbsync"));
+                add(state_home.join("isync"));
             }
         }
     }
@@ -119,21 +113,51 @@ impl Watch {
             Err(err) => tracing::debug!(dir = %dir.display(), %err, "not watched"),
         }
     }
+
+    /// Watch the lock places of the core's current config (and nothing else).
+    fn place<L: Locks>(&mut self, core: &Core<L>) {
+        for (wd, _) in self.dirs.drain() {
+            let _ = self.fd.get_ref().0.rm_watch(wd);
+        }
+        let Some(config) = core.mbsync_config() else { return };
+        let paths = &core.settings().paths;
+        for dir in lock_places(&config, &paths.home, &paths.state_home) {
+            self.add(&dir, true);
+            // Box directories one level down (a Maildir store root holds its boxes).
+            for sub in std::fs::read_dir(&dir).into_iter().flatten().filter_map(Result::ok) {
+                if sub.file_type().is_ok_and(|t| t.is_dir())
+                    && !sub.file_name().to_string_lossy().starts_with('.')
+                {
+                    self.add(&sub.path(), false);
+                }
+            }
+        }
+    }
+
+    /// Follow new box directories; the `*.lock` files that were opened.
+    fn handle(&mut self, events: Vec<nix::sys::inotify::InotifyEvent>) -> Vec<PathBuf> {
+        let mut locks = Vec::new();
+        for event in events {
+            let Some((dir, boxes_below)) = self.dirs.get(&event.wd).cloned() else { continue };
+            let Some(name) = event.name else { continue };
+            let path = dir.join(&name);
+            if event.mask.contains(AddWatchFlags::IN_CREATE) && event.mask.contains(AddWatchFlags::IN_ISDIR) {
+                if boxes_below {
+                    self.add(&path, false);
+                }
+            } else if name.to_string_lossy().ends_with(".lock") && !locks.contains(&path) {
+                locks.push(path);
+            }
+        }
+        locks
+    }
 }
 
-/// Watch the lock places of the core's config and report each bare mbsync that starts. Runs
-/// until the runtime ends. `found` is called on the runtime thread.
 pub async fn watch<L: Locks>(core: Core<L>) {
-    let Some(config) = core.mbsync_config() else { return };
-    let settings = core.settings().clone();
-    let inotify = match Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC) {
-        Ok(i) => i,
-        Err(err) => {
-            tracing::warn!(%err, "no inotify: bare mbsync runs are seen only when a client asks");
-            return;
-        }
-    };
-    let fd = match crate::process::register(Ino(inotify)) {
+    let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
+        .map_err(std::io::Error::from)
+        .and_then(|i| crate::process::register(Ino(i)));
+    let fd = match inotify {
         Ok(fd) => fd,
         Err(err) => {
             tracing::warn!(%err, "no inotify: bare mbsync runs are seen only when a client asks");
@@ -141,52 +165,37 @@ pub async fn watch<L: Locks>(core: Core<L>) {
         }
     };
     let mut watch = Watch { fd, dirs: HashMap::new() };
-    for (dir, _) in lock_places(&config, &settings.paths.home, &settings.paths.state_home) {
-        watch.add(&dir, true);
-        // Box directories one level down (a Maildir store root holds its boxes).
-        for sub in std::fs::read_dir(&dir).into_iter().flatten().filter_map(Result::ok) {
-            if sub.file_type().is_ok_and(|t| t.is_dir())
-                && !sub.file_name().to_string_lossy().starts_with('.')
-            {
-                watch.add(&sub.path(), false);
-            }
-        }
-    }
     loop {
-        let mut guard = match watch.fd.readable().await {
-            Ok(guard) => guard,
-            Err(err) => {
-                tracing::warn!(%err, "inotify failed; bare mbsync runs are seen only when a client asks");
-                return;
-            }
-        };
-        let events = match guard.get_inner().0.read_events() {
-            Ok(events) => events,
-            Err(nix::errno::Errno::EAGAIN) => {
-                guard.clear_ready();
-                continue;
-            }
-            Err(err) => {
-                tracing::warn!(%err, "cannot read inotify events");
-                return;
-            }
-        };
-        let mut locks = Vec::new();
-        for event in events {
-            let Some((dir, boxes_below)) = watch.dirs.get(&event.wd).cloned() else { continue };
-            let Some(name) = event.name else { continue };
-            let path = dir.join(&name);
-            if event.mask.contains(AddWatchFlags::IN_CREATE) && event.mask.contains(AddWatchFlags::IN_ISDIR) {
-                if boxes_below {
-                    watch.add(&path, false);
+        watch.place(&core);
+        loop {
+            tokio::select! {
+                ready = watch.fd.readable() => {
+                    let mut guard = match ready {
+                        Ok(guard) => guard,
+                        Err(err) => {
+                            tracing::warn!(%err, "inotify failed; bare mbsync runs are seen only when a client asks");
+                            return;
+                        }
+                    };
+                    let events = match guard.get_inner().0.read_events() {
+                        Ok(events) => events,
+                        Err(nix::errno::Errno::EAGAIN) => {
+                            guard.clear_ready();
+                            continue;
+                        }
+                        Err(err) => {
+                            tracing::warn!(%err, "cannot read inotify events");
+                            return;
+                        }
+                    };
+                    drop(guard);
+                    for path in watch.handle(events) {
+                        core.lock_opened(&path);
+                    }
                 }
-            } else if name.to_string_lossy().ends_with(".lock") {
-                locks.push(path);
+                // An edit may add channels, stores or SyncState places.
+                () = core.config_changed() => break,
             }
-        }
-        locks.dedup();
-        for path in locks {
-            core.lock_opened(&path);
         }
     }
 }
@@ -217,5 +226,36 @@ impl<L: Locks> Core<L> {
         let config = self.mbsync_config()?;
         let channels: Vec<String> = config.channels.iter().map(|c| c.name.clone()).collect();
         Some(self.search(&config, &channels, f))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mbsyncrc;
+
+    fn places(rc: &str) -> Vec<PathBuf> {
+        lock_places(&mbsyncrc::parse(rc).unwrap(), Path::new("/h"), Path::new("/h/.local/state"))
+    }
+
+    #[test]
+    fn sync_state_star_means_the_near_maildir_boxes() {
+        let rc = "MaildirStore l\nPath ~/mail/\nInbox ~/mail/INBOX\n\nIMAPStore r\nHost x\n\n\
+                  Channel c\nFar :r:\nNear :l:\nSyncState *\n";
+        assert_eq!(places(rc), [PathBuf::from("/h/mail/"), PathBuf::from("/h/mail/INBOX")]);
+    }
+
+    #[test]
+    fn a_state_directory_global_or_per_channel() {
+        let rc = "SyncState ~/.state/mbsync/\n\nMaildirStore l\nPath /m/\n\n\
+                  Channel a\nFar :l:x\nNear :l:y\n\n\
+                  Channel b\nFar :l:x\nNear :l:y\nSyncState /var/st/prefix-\n";
+        assert_eq!(places(rc), [PathBuf::from("/h/.state/mbsync/"), PathBuf::from("/var/st")]);
+    }
+
+    #[test]
+    fn mbsyncs_default_places() {
+        let rc = "MaildirStore l\nPath /m/\n\nChannel a\nFar :l:x\nNear :l:y\n";
+        assert_eq!(places(rc), [PathBuf::from("/h/.mbsync"), PathBuf::from("/h/.local/state/isync")]);
     }
 }

@@ -259,7 +259,7 @@ async fn exec_no_handoff_refuses_and_finishes_its_run_isync15() {
 }
 
 /// `exec` while the service syncs the account: it says so and exits 75 without starting mbsync.
-/// Without any bus it warns and runs mbsync unlocked.
+/// Without any bus it warns and runs mbsync unlocked; from cron it finds `$XDG_RUNTIME_DIR/bus`.
 #[tokio::test]
 async fn exec_refuses_a_busy_account_and_runs_without_a_bus() {
     with_timeout(async {
@@ -283,6 +283,19 @@ async fn exec_refuses_a_busy_account_and_runs_without_a_bus() {
         out.assert_code(0, "exec without a bus");
         assert!(out.stderr.contains("without the lock"), "{}", out.stderr);
         w.tb.assert_in_sync("bob");
+
+        // Cron has no DBUS_SESSION_BUS_ADDRESS, but $XDG_RUNTIME_DIR/bus is the user's bus.
+        let socket = w.bus.address().strip_prefix("unix:path=").unwrap().split(',').next().unwrap();
+        std::os::unix::fs::symlink(socket, w.tb.runtime_dir().join("bus")).unwrap();
+        w.tb.dovecot.add_messages("bob", "INBOX", 400);
+        w.tb.proxy.set_rate(Some(100_000));
+        let exec = spawn_exec(None, &w.tb.env(), &["bob"]);
+        let record = wait_external(&w, "bob", "client").await;
+        assert_eq!(get::<u32>(&record, "owner_pid"), Some(exec.pid()));
+        w.tb.proxy.set_rate(None);
+        let out = exec.wait(LONG);
+        out.assert_code(0, "exec through $XDG_RUNTIME_DIR/bus");
+        assert!(!out.stderr.contains("without the lock"), "{}", out.stderr);
     })
     .await;
 }
@@ -616,6 +629,40 @@ async fn cli_status_takeover_and_handoff() {
         assert!(text(&out).contains("org.himalaya.Sync.Error.NotRunning"), "{}", text(&out));
         w.tb.assert_in_sync("alice");
         w.tb.assert_in_sync("bob");
+    })
+    .await;
+}
+
+/// A channel added to the mbsync config after the daemon started is watched too, once the
+/// config is read again: a bare mbsync on it shows as external.
+#[tokio::test]
+async fn a_bare_mbsync_on_a_channel_added_later_is_seen() {
+    with_timeout(async {
+        let tb = support::Testbed::new(&[("alice", "INBOX", 20), ("bob", "INBOX", 600)]);
+        let full = std::fs::read_to_string(tb.mbsyncrc()).unwrap();
+        let without_bob: Vec<&str> = full.split("\n\n").filter(|block| !block.contains("bob")).collect();
+        std::fs::write(tb.mbsyncrc(), without_bob.join("\n\n")).unwrap();
+        let w = World::around(tb).await;
+        assert_eq!(w.svc.list_accounts().await.unwrap(), ["alice"]);
+        std::fs::write(w.tb.mbsyncrc(), &full).unwrap();
+        // Any client call reads the config again.
+        assert_eq!(w.svc.list_accounts().await.unwrap().len(), 3);
+        w.tb.proxy.set_rate(Some(100_000));
+        let mut changes = w.svc.receive_progress_changed().await.unwrap();
+        let started = std::time::Instant::now();
+        let bare = w.tb.spawn_mbsync(&["bob"]);
+        loop {
+            let s = tokio::time::timeout(Duration::from_secs(2), changes.next())
+                .await
+                .expect("a bare mbsync on the new channel was not seen within 2 s")
+                .unwrap();
+            let args = s.args().unwrap();
+            if args.account == "bob" && state(&args.progress) == "external" {
+                break;
+            }
+        }
+        println!("seen {:?} after it started", started.elapsed());
+        drop(bare);
     })
     .await;
 }

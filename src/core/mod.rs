@@ -133,6 +133,8 @@ struct Shared<L> {
     locks: L,
     events: mpsc::UnboundedSender<CoreEvent>,
     inner: Mutex<Inner>,
+    /// Woken when a re-read changed the mbsync config (the detector re-places its watches).
+    config_changed: tokio::sync::Notify,
 }
 
 struct Inner {
@@ -197,7 +199,15 @@ impl<L: Locks> Core<L> {
         if let Err(err) = &inner.mbsync {
             tracing::warn!("{err}");
         }
-        Self { shared: Arc::new(Shared { settings, locks, events, inner: Mutex::new(inner) }) }
+        Self {
+            shared: Arc::new(Shared {
+                settings,
+                locks,
+                events,
+                inner: Mutex::new(inner),
+                config_changed: tokio::sync::Notify::new(),
+            }),
+        }
     }
 
     fn inner(&self) -> MutexGuard<'_, Inner> {
@@ -209,11 +219,21 @@ impl<L: Locks> Core<L> {
     /// Re-read the mbsync config; tells the world when the accounts changed.
     fn reload(&self, inner: &mut Inner) {
         let before: Vec<String> = inner.accounts.keys().cloned().collect();
+        let config_before = inner.mbsync.as_ref().ok().cloned();
         reload_into(inner, &self.shared.settings);
+        if inner.mbsync.as_ref().ok() != config_before.as_ref() {
+            self.shared.config_changed.notify_one();
+        }
         let after: Vec<String> = inner.accounts.keys().cloned().collect();
         if before != after {
             self.emit(CoreEvent::AccountsChanged(after));
         }
+    }
+
+    /// Resolves when the mbsync config read differs from the one before (a stored permit makes
+    /// a change between two waits count).
+    pub async fn config_changed(&self) {
+        self.shared.config_changed.notified().await;
     }
 
     fn emit(&self, event: CoreEvent) {
