@@ -269,6 +269,10 @@ impl Holder {
         }
         if let Ok(reason) = stop_rx.try_recv() {
             locks.release(&self.channels).await;
+            if reason == Stop::Handoff {
+                tracing::info!(account = self.account, "handed over before mbsync started");
+                return ExitCode::SUCCESS;
+            }
             return fail(
                 EXIT_BUSY,
                 &format!("stopped before mbsync started ({reason:?}); mbsync was not started"),
