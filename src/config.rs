@@ -72,6 +72,12 @@ impl Config {
     pub fn stop_grace(&self) -> Duration {
         Duration::from_secs(self.stop_grace)
     }
+
+    /// How runs are driven: the stop grace and the stall timeout.
+    #[must_use]
+    pub fn run_limits(&self) -> crate::run::Limits {
+        crate::run::Limits { grace: self.stop_grace(), stall: Duration::from_secs(self.stall_timeout) }
+    }
 }
 
 /// Where the service's files are, from the XDG base directory variables.

@@ -120,6 +120,7 @@ impl run::Sink for Unwatched {
         false
     }
     fn stopping(&self) {}
+    fn stalled(&self, _: bool) {}
     fn publish(&self) {}
 }
 
@@ -130,7 +131,7 @@ async fn run_unlocked(settings: &Settings, program: &std::path::Path, args: &[St
     };
     let (stop_tx, mut stop_rx) = mpsc::unbounded_channel();
     forward_signals(stop_tx);
-    let ended = run::drive(&mut mbsync, &Unwatched, &mut stop_rx, settings.config.stop_grace()).await;
+    let ended = run::drive(&mut mbsync, &Unwatched, &mut stop_rx, settings.config.run_limits()).await;
     exit_of(&ended)
 }
 
@@ -193,6 +194,10 @@ impl run::Sink for HolderSink {
 
     fn stopping(&self) {
         self.with(|p| p.stopping(now_us()));
+    }
+
+    fn stalled(&self, stalled: bool) {
+        self.with(|p| p.set_stuck(stalled, now_us()));
     }
 
     fn publish(&self) {
@@ -294,7 +299,7 @@ impl Holder {
         let publisher = tokio::spawn(publish(self.conn.clone(), self.account.clone(), publish_rx));
         let sink = HolderSink { progress: Mutex::new(progress), record, publish: publish_tx };
         run::Sink::publish(&sink);
-        let ended = run::drive(&mut mbsync, &sink, &mut stop_rx, self.settings.config.stop_grace()).await;
+        let ended = run::drive(&mut mbsync, &sink, &mut stop_rx, self.settings.config.run_limits()).await;
         // Reaped. The last progress goes out before the names, so the next owner starts after it.
         let outcome = ended.outcome();
         sink.with(|p| p.finish(&outcome, now_us()));

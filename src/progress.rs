@@ -266,6 +266,23 @@ impl Progress {
         changed
     }
 
+    /// The run stalled (no output for the stall timeout) or moves again. A stopping run stays
+    /// stopping; the flag says it either way. Returns whether the record changed.
+    pub fn set_stuck(&mut self, stuck: bool, now_us: u64) -> bool {
+        let r = &mut self.record;
+        if r.stuck == stuck {
+            return false;
+        }
+        r.stuck = stuck;
+        match (stuck, r.state) {
+            (true, State::Syncing) => r.state = State::Stuck,
+            (false, State::Stuck) => r.state = State::Syncing,
+            _ => {}
+        }
+        r.last_update = Some(now_us);
+        true
+    }
+
     /// The run is being stopped (Cancel, shutdown).
     pub fn stopping(&mut self, now_us: u64) {
         self.record.state = State::Stopping;
@@ -477,6 +494,22 @@ mod tests {
         p.apply(&stats((0, 1), (0, 1), (0, 10)), 1_000_000);
         p.apply(&stats((0, 1), (0, 1), (5, 10)), 1_200_000);
         assert_eq!(p.record().rate, None);
+    }
+
+    #[test]
+    fn a_stall_is_stuck_until_it_moves_again() {
+        let mut p = started();
+        assert!(p.set_stuck(true, 2_000_000));
+        assert_eq!((p.record().state, p.record().stuck), (State::Stuck, true));
+        assert!(!p.set_stuck(true, 3_000_000), "no change, no publish");
+        assert!(p.set_stuck(false, 4_000_000));
+        assert_eq!((p.record().state, p.record().stuck), (State::Syncing, false));
+        // A stopping run stays stopping, stuck or not.
+        p.stopping(5_000_000);
+        p.set_stuck(true, 6_000_000);
+        assert_eq!((p.record().state, p.record().stuck), (State::Stopping, true));
+        p.finish(&Outcome::Cancelled, 7_000_000);
+        assert!(!p.record().stuck);
     }
 
     #[test]

@@ -28,6 +28,8 @@ pub enum Stop {
     LockLost,
     /// The lock holder was asked to hand over gracefully.
     Handoff,
+    /// Stop, then start again (a stuck sync's "Restart").
+    Restart,
 }
 
 /// Where a run's progress goes: a model behind the caller's own lock, and a publisher.
@@ -36,6 +38,9 @@ pub trait Sink {
     fn apply(&self, events: &mut Vec<Event>) -> bool;
     /// The run is being stopped: mark the model.
     fn stopping(&self);
+    /// The run stalled (nothing on its output for the stall timeout), or moves again after a
+    /// stall: mark the model. The caller publishes.
+    fn stalled(&self, stalled: bool);
     /// Publish the model's current record.
     fn publish(&self);
 }
@@ -55,21 +60,33 @@ impl Ended {
     pub fn outcome(&self) -> Outcome {
         match self.stopped {
             _ if self.exit.success() => Outcome::Ok,
-            Some(Stop::Shutdown | Stop::Handoff) => Outcome::Interrupted,
+            Some(Stop::Shutdown | Stop::Handoff | Stop::Restart) => Outcome::Interrupted,
             Some(Stop::Cancel | Stop::LockLost) => Outcome::Cancelled,
             None => Outcome::Failed(self.exit.reason()),
         }
     }
 }
 
+/// How a run is driven.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Between SIGTERM and SIGKILL when stopping.
+    pub grace: Duration,
+    /// Nothing on mbsync's output for this long: the run is stuck.
+    pub stall: Duration,
+}
+
 /// Drive `mbsync` to its end: parse its output into `sink`, publish at most once per throttle
 /// interval (the first state is assumed published by the caller), and on the first message from
-/// `stop` send SIGTERM to its process group, SIGKILL after `grace`.
+/// `stop` send SIGTERM to its process group, SIGKILL after the grace period.
+///
+/// The stall watch is one timer per run that fires at most once per stall timeout: output only
+/// records when it came, and the timer, when it fires early, is moved to the new deadline.
 pub async fn drive(
     mbsync: &mut Mbsync,
     sink: &impl Sink,
     stop: &mut mpsc::UnboundedReceiver<Stop>,
-    grace: Duration,
+    limits: Limits,
 ) -> Ended {
     let mut parser = Parser::new();
     let mut events = Vec::new();
@@ -78,10 +95,22 @@ pub async fn drive(
     let mut kill_at: Option<Instant> = None;
     let mut stopped = None;
     throttle.sent(Instant::now().into_std());
+    let mut moved_at = Instant::now();
+    let stall_check = tokio::time::sleep_until(moved_at + limits.stall);
+    tokio::pin!(stall_check);
+    let mut stuck = false;
     let exit = loop {
         tokio::select! {
             out = mbsync.next() => match out {
                 Output::Stdout(bytes) => {
+                    moved_at = Instant::now();
+                    if stuck {
+                        stuck = false;
+                        stall_check.as_mut().reset(moved_at + limits.stall);
+                        sink.stalled(false);
+                        throttle.sent(moved_at.into_std());
+                        sink.publish();
+                    }
                     parser.feed(&bytes, &mut events);
                     if sink.apply(&mut events) {
                         match throttle.changed(Instant::now().into_std()) {
@@ -98,6 +127,18 @@ pub async fn drive(
                     break exit;
                 }
             },
+            () = &mut stall_check, if !stuck => {
+                let deadline = moved_at + limits.stall;
+                if Instant::now() >= deadline {
+                    stuck = true;
+                    tracing::info!(pid = mbsync.pid(), "mbsync has not moved for {:?}", limits.stall);
+                    sink.stalled(true);
+                    throttle.sent(Instant::now().into_std());
+                    sink.publish();
+                } else {
+                    stall_check.as_mut().reset(deadline);
+                }
+            }
             () = sleep_until(publish_at.unwrap_or_else(Instant::now)), if publish_at.is_some() => {
                 publish_at = None;
                 mbsync.set_paced(false);
@@ -108,7 +149,7 @@ pub async fn drive(
                 stopped = Some(reason);
                 tracing::info!(pid = mbsync.pid(), ?reason, "stopping mbsync");
                 mbsync.signal(Signal::SIGTERM);
-                kill_at = Some(Instant::now() + grace);
+                kill_at = Some(Instant::now() + limits.grace);
                 sink.stopping();
                 throttle.sent(Instant::now().into_std());
                 publish_at = None;

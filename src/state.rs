@@ -29,6 +29,9 @@ pub struct AccountState {
 pub struct State {
     #[serde(default)]
     pub accounts: BTreeMap<String, AccountState>,
+    /// The `AutoTakeover` switch, once a client set it (else config.toml's `auto_takeover`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_takeover: Option<bool>,
 }
 
 /// The state file on disk.

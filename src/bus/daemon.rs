@@ -14,6 +14,7 @@ use super::{
     BUS_NAME, PATH,
     account::Account,
     lock::BusLocks,
+    notify,
     record::to_dict,
     service::{Service, ServiceSignals},
 };
@@ -111,7 +112,9 @@ pub async fn serve(
     let service: InterfaceRef<Service> = server.interface(PATH).await?;
     let mut accounts = BTreeMap::new();
     sync_account_objects(conn, &core, &mut accounts).await;
-    tokio::spawn(publish(conn.clone(), core, service, accounts, events));
+    let config = &core.settings().config;
+    let notifier = config.notifications.then(|| notify::start(conn, core.clone(), config.stall_timeout));
+    tokio::spawn(publish(conn.clone(), core, service, accounts, events, notifier));
     Ok(())
 }
 
@@ -152,16 +155,32 @@ async fn publish(
     service: InterfaceRef<Service>,
     mut objects: BTreeMap<String, String>,
     mut events: mpsc::UnboundedReceiver<CoreEvent>,
+    notifier: Option<mpsc::UnboundedSender<notify::Input>>,
 ) {
+    let tell = |input: notify::Input| {
+        if let Some(notifier) = &notifier
+            && notifier.send(input).is_err()
+        {
+            tracing::debug!("the notifier is gone");
+        }
+    };
     while let Some(event) = events.recv().await {
         let result = match event {
             CoreEvent::Progress { account, record } => {
                 let sent = service.progress_changed(&account, to_dict(&record)).await;
+                if notifier.is_some() {
+                    tell(notify::Input::Record { account: account.clone(), record: record.clone() });
+                }
                 update_account_object(&conn, &objects, &account, *record).await;
                 sent
             }
             CoreEvent::Finished { account, ok, message } => {
                 service.sync_finished(&account, ok, &message).await
+            }
+            // Said to people by the notifier; nothing on the bus API.
+            CoreEvent::TookOver { account, why, stopped } => {
+                tell(notify::Input::TookOver { account, why, stopped });
+                Ok(())
             }
             CoreEvent::Flush(done) => {
                 let _ = done.send(());

@@ -8,6 +8,7 @@ pub mod errors;
 pub mod follow;
 pub mod holder;
 pub mod lock;
+pub mod notify;
 pub mod record;
 pub mod service;
 

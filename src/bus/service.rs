@@ -95,6 +95,32 @@ impl Service {
         self.core.known_accounts()
     }
 
+    /// Whether the service takes overdue or stuck external syncs over by itself; the one switch
+    /// every client shows and toggles. Starts from config.toml's `auto_takeover`, then kept in
+    /// the state file.
+    #[zbus(property)]
+    fn auto_takeover(&self) -> bool {
+        self.core.auto_takeover()
+    }
+
+    #[zbus(property)]
+    fn set_auto_takeover(&mut self, on: bool) -> zbus::fdo::Result<()> {
+        self.core.set_auto_takeover(on).map_err(|err| {
+            zbus::fdo::Error::Failed(format!(
+                "AutoTakeover is {}, but only until the service restarts: the state file cannot be \
+                 written ({err})",
+                if on { "on" } else { "off" }
+            ))
+        })
+    }
+
+    /// Seconds after which an external sync counts as overdue (config.toml's
+    /// `auto_takeover_timeout`).
+    #[zbus(property(emits_changed_signal = "const"))]
+    fn auto_takeover_timeout(&self) -> u32 {
+        u32::try_from(self.core.auto_takeover_timeout()).unwrap_or(u32::MAX)
+    }
+
     /// The service version.
     #[zbus(property(emits_changed_signal = "const"))]
     #[allow(clippy::unused_self)] // zbus property getters take `&self`.

@@ -19,7 +19,7 @@ pub enum ExternalKey {
 }
 
 /// One external sync.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(super) struct External {
     pub owner: Owner,
     /// The channels it holds (a holder) or syncs (a bare mbsync).
@@ -34,6 +34,19 @@ pub(super) struct External {
     pub started_at: u64,
     /// The last record a holder published (`GetProgress`, `ProgressChanged`).
     pub relayed: Option<Record>,
+    /// The timer that marks it overdue (one per external sync).
+    pub overdue_timer: Option<tokio::task::AbortHandle>,
+    /// `AutoTakeover` acted on it already (once is enough: a failed takeover is not retried in
+    /// a loop).
+    pub auto_tried: bool,
+}
+
+impl Drop for External {
+    fn drop(&mut self) {
+        if let Some(timer) = self.overdue_timer.take() {
+            timer.abort();
+        }
+    }
 }
 
 impl External {
@@ -71,6 +84,8 @@ impl<L: Locks> Core<L> {
                 command: None,
                 started_at: now_us(),
                 relayed: None,
+                overdue_timer: None,
+                auto_tried: false,
             });
         external.channels.insert(channel.to_owned());
         if let Some(record) = record {
@@ -88,7 +103,10 @@ impl<L: Locks> Core<L> {
         });
         drop(inner);
         tracing::info!(holder = holder.id, channel, "a lock holder syncs");
+        let key = ExternalKey::Holder(holder.id.clone());
+        self.arm_overdue(&key);
         self.publish_covering(&channels);
+        self.maybe_auto_take_over(&key);
     }
 
     /// Whether the bus connection `id` holds a lock of ours.
@@ -103,10 +121,14 @@ impl<L: Locks> Core<L> {
         let Some(external) = inner.externals.get_mut(&ExternalKey::Holder(holder_id.to_owned())) else {
             return;
         };
+        let became_stuck = record.stuck && !external.relayed.as_ref().is_some_and(|r| r.stuck);
         absorb(external, record);
         let channels = external.channels.clone();
         drop(inner);
         self.publish_covering(&channels);
+        if became_stuck {
+            self.maybe_auto_take_over(&ExternalKey::Holder(holder_id.to_owned()));
+        }
     }
 
     /// `channel`'s lock is free now, or ours: no holder syncs it any more.
@@ -157,8 +179,11 @@ impl<L: Locks> Core<L> {
                 command: Some(info.argv.clone()),
                 started_at,
                 relayed: None,
+                overdue_timer: None,
+                auto_tried: false,
             },
         );
+        self.arm_overdue(&ExternalKey::Process(info.pid));
         tracing::info!(pid = info.pid, ?channels, "a bare mbsync syncs");
         self.publish_covering(channels);
         let core = self.clone();
@@ -176,14 +201,86 @@ impl<L: Locks> Core<L> {
         }
     }
 
-    /// The external syncs on any of `channels`.
-    pub(super) fn externals_on(&self, channels: &[String]) -> Vec<(ExternalKey, External)> {
+    /// The external syncs on any of `channels`, with their mbsync's PID when known.
+    pub(super) fn externals_on(&self, channels: &[String]) -> Vec<(ExternalKey, Option<u32>)> {
         self.inner()
             .externals
             .iter()
             .filter(|(_, e)| channels.iter().any(|c| e.channels.contains(c)))
-            .map(|(k, e)| (k.clone(), e.clone()))
+            .map(|(k, e)| (k.clone(), e.pid))
             .collect()
+    }
+
+    /// One timer per external sync: when it has run for `auto_takeover_timeout`, it is overdue
+    /// (published, and taken over if `AutoTakeover` is on).
+    fn arm_overdue(&self, key: &ExternalKey) {
+        let timeout = self.overdue_after();
+        let mut inner = self.inner();
+        let Some(external) = inner.externals.get_mut(key) else { return };
+        if timeout == 0 || external.overdue_timer.is_some() {
+            return;
+        }
+        let due = external.started_at.saturating_add(timeout).saturating_sub(now_us());
+        let (core, key) = (self.clone(), key.clone());
+        let task = tokio::spawn(async move {
+            // A little past the deadline, so the record computed then says overdue.
+            tokio::time::sleep(std::time::Duration::from_micros(due + 1_000)).await;
+            core.external_overdue(&key);
+        });
+        external.overdue_timer = Some(task.abort_handle());
+    }
+
+    fn external_overdue(&self, key: &ExternalKey) {
+        let Some(channels) = self.inner().externals.get(key).map(|e| e.channels.clone()) else { return };
+        tracing::info!(?key, "an external sync is overdue");
+        self.publish_covering(&channels);
+        self.maybe_auto_take_over(key);
+    }
+
+    /// With `AutoTakeover` on, take an overdue or stuck external sync over (once).
+    pub(super) fn maybe_auto_take_over(&self, key: &ExternalKey) {
+        if !self.auto_takeover() {
+            return;
+        }
+        let now = now_us();
+        let overdue_after = self.overdue_after();
+        let (account, why) = {
+            let mut inner = self.inner();
+            let Some(external) = inner.externals.get_mut(key) else { return };
+            let overdue = overdue_after > 0 && now.saturating_sub(external.started_at) > overdue_after;
+            let stuck = external.relayed.as_ref().is_some_and(|r| r.stuck);
+            if external.auto_tried || !(overdue || stuck) {
+                return;
+            }
+            external.auto_tried = true;
+            let why = if stuck {
+                "it had stopped moving".to_owned()
+            } else {
+                format!("it had run for more than {} s", overdue_after / 1_000_000)
+            };
+            let channels = external.channels.clone();
+            // The account that is exactly this sync's channels, else the first that covers it.
+            let covering: Vec<(&String, &super::Slot)> = inner
+                .accounts
+                .iter()
+                .filter(|(_, s)| s.channels.iter().any(|c| channels.contains(c)))
+                .collect();
+            let exact = covering.iter().find(|(_, s)| {
+                s.channels.len() == channels.len() && s.channels.iter().all(|c| channels.contains(c))
+            });
+            let Some((account, _)) = exact.or(covering.first()) else { return };
+            ((*account).clone(), why)
+        };
+        let core = self.clone();
+        tokio::spawn(async move {
+            match core.take_over(&account).await {
+                Ok(stopped) => {
+                    tracing::info!(account, why, "took an external sync over (AutoTakeover)");
+                    core.emit(super::CoreEvent::TookOver { account, why, stopped: Box::new(stopped) });
+                }
+                Err(err) => tracing::warn!(account, %err, "AutoTakeover could not take the sync over"),
+            }
+        });
     }
 
     /// Publish every account that shares a channel with `channels` and runs nothing itself.

@@ -56,6 +56,9 @@ pub enum CoreEvent {
     AccountsChanged(Vec<String>),
     /// Answer once every event before this one is published (shutdown waits for it).
     Flush(tokio::sync::oneshot::Sender<()>),
+    /// The service took an external sync over by itself (`AutoTakeover`); `why` says what was
+    /// wrong with it.
+    TookOver { account: String, why: String, stopped: Box<Stopped> },
 }
 
 /// Why a channel lock could not be taken.
@@ -305,6 +308,39 @@ impl<L: Locks> Core<L> {
         self.shared.settings.config.auto_takeover_timeout.saturating_mul(1_000_000)
     }
 
+    /// Whether the service takes overdue or stuck external syncs over by itself.
+    #[must_use]
+    pub fn auto_takeover(&self) -> bool {
+        self.inner().state.auto_takeover.unwrap_or(self.shared.settings.config.auto_takeover)
+    }
+
+    /// Set `AutoTakeover`; kept in the state file from now on. Turned on, it acts at once on the
+    /// external syncs that are overdue or stuck.
+    ///
+    /// # Errors
+    /// The state file cannot be written (the switch is set anyway, for this run).
+    pub fn set_auto_takeover(&self, on: bool) -> std::io::Result<()> {
+        let (state, store) = {
+            let mut inner = self.inner();
+            inner.state.auto_takeover = Some(on);
+            (inner.state.clone(), inner.store.clone())
+        };
+        let saved = store.save(&state);
+        if on {
+            let keys: Vec<ExternalKey> = self.inner().externals.keys().cloned().collect();
+            for key in keys {
+                self.maybe_auto_take_over(&key);
+            }
+        }
+        saved
+    }
+
+    /// Seconds after which an external sync counts as overdue.
+    #[must_use]
+    pub fn auto_takeover_timeout(&self) -> u64 {
+        self.shared.settings.config.auto_takeover_timeout
+    }
+
     /// Validate `account` and return the channels it stands for.
     fn lookup(&self, inner: &mut Inner, account: &str) -> Result<Vec<String>> {
         validate_name(account)?;
@@ -410,7 +446,7 @@ impl<L: Locks> Core<L> {
             slot.progress.record().clone()
         };
         self.emit(CoreEvent::Progress { account: account.into(), record: Box::new(record) });
-        let task = tokio::spawn(self.clone().run_task(scope.clone(), mbsync, stop_rx));
+        let task = tokio::spawn(self.clone().boxed_run_task(scope.clone(), mbsync, stop_rx));
         if let Some(run) = self.inner().accounts.get_mut(account).and_then(|s| s.run.as_mut()) {
             run.task = Some(task);
         }
@@ -502,6 +538,20 @@ impl<L: Locks> Core<L> {
         }
     }
 
+    /// Stop the service's own sync of `account` and start it again once it has ended (a stuck
+    /// sync's "Restart": mbsync's journal makes the stop safe and the new run exact).
+    ///
+    /// # Errors
+    /// Invalid or unknown account, or no sync of it running here.
+    pub fn restart(&self, account: &str) -> Result<()> {
+        validate_name(account)?;
+        let inner = self.inner();
+        match inner.accounts.get(account).and_then(|s| s.run.as_ref()) {
+            Some(run) if run.stop.send(Stop::Restart).is_ok() => Ok(()),
+            _ => Err(Error::NotRunning { account: account.into() }),
+        }
+    }
+
     /// Resolves once every event sent so far has been published.
     pub async fn flush(&self) {
         let (tx, rx) = tokio::sync::oneshot::channel();
@@ -554,12 +604,23 @@ impl<L: Locks> Core<L> {
         }
     }
 
+    /// [`Core::run_task`] behind a named type: a restarted run starts the next one, and a future
+    /// that contains its own type cannot be checked for `Send`.
+    fn boxed_run_task(
+        self,
+        scope: Scope,
+        mbsync: Mbsync,
+        stop: mpsc::UnboundedReceiver<Stop>,
+    ) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> {
+        Box::pin(self.run_task(scope, mbsync, stop))
+    }
+
     /// The run task: see the module docs.
     async fn run_task(self, scope: Scope, mut mbsync: Mbsync, mut stop: mpsc::UnboundedReceiver<Stop>) {
         let account = scope.account.clone();
-        let grace = self.shared.settings.config.stop_grace();
+        let limits = self.shared.settings.config.run_limits();
         let sink = CoreSink { core: &self, account: &account };
-        let ended = run::drive(&mut mbsync, &sink, &mut stop, grace).await;
+        let ended = run::drive(&mut mbsync, &sink, &mut stop, limits).await;
         let outcome = ended.outcome();
         tracing::info!(account, ?outcome, "sync ended");
         // Reaped: now the locks may go, and only then does the world hear of the end.
@@ -593,12 +654,20 @@ impl<L: Locks> Core<L> {
         let (ok, message) = match outcome {
             Outcome::Ok => (true, "sync finished".to_owned()),
             Outcome::Cancelled => (false, "sync cancelled".to_owned()),
+            Outcome::Interrupted if ended.stopped == Some(Stop::Restart) => {
+                (false, "sync restarted".to_owned())
+            }
             Outcome::Interrupted => {
                 (false, "sync interrupted; it resumes when the service is back".to_owned())
             }
             Outcome::Failed(reason) => (false, reason),
         };
-        self.emit(CoreEvent::Finished { account, ok, message });
+        self.emit(CoreEvent::Finished { account: account.clone(), ok, message });
+        if ended.stopped == Some(Stop::Restart)
+            && let Err(err) = self.sync(&account).await
+        {
+            tracing::warn!(account, %err, "cannot restart the sync");
+        }
     }
 
     fn with_slot<T>(&self, account: &str, f: impl FnOnce(&mut Slot) -> T) -> T {
@@ -654,6 +723,10 @@ impl<L: Locks> run::Sink for CoreSink<'_, L> {
 
     fn stopping(&self) {
         self.core.with_slot(self.account, |slot| slot.progress.stopping(now_us()));
+    }
+
+    fn stalled(&self, stalled: bool) {
+        self.core.with_slot(self.account, |slot| slot.progress.set_stuck(stalled, now_us()));
     }
 
     fn publish(&self) {

@@ -228,7 +228,7 @@ impl<L: Locks> Core<L> {
             let relayed_pid = known
                 .iter()
                 .find(|(k, _)| *k == ExternalKey::Holder(holder.id.clone()))
-                .and_then(|(_, e)| e.pid);
+                .and_then(|(_, pid)| *pid);
             let mbsync = relayed_pid
                 .and_then(ProcInfo::read)
                 .filter(|p| p.is_mbsync_of(uid))
