@@ -62,8 +62,9 @@ pub struct Mbsync {
     reaped: Arc<AtomicBool>,
     /// Asks the reader thread to pause between small reads (see [`Mbsync::set_paced`]).
     paced: Arc<AtomicBool>,
-    /// Tells the reader thread to stop (the run is over).
-    stop: Arc<AtomicBool>,
+    /// The write end of a pipe the reader thread polls beside the pty: dropped, it wakes the
+    /// thread to stop (the run is over), so the thread needs no polling timeout.
+    stop: Option<OwnedFd>,
     stderr: Option<ChildStderr>,
     stderr_buf: Vec<u8>,
     err_buf: Box<[u8]>,
@@ -161,8 +162,8 @@ impl Mbsync {
         fcntl(pty.master.as_fd(), FcntlArg::F_SETFL(OFlag::O_NONBLOCK)).map_err(io::Error::from)?;
         let stderr = child.stderr.take();
         let paced = Arc::new(AtomicBool::new(false));
-        let stop = Arc::new(AtomicBool::new(false));
-        let pty = spawn_pty_reader(pty.master, Arc::clone(&paced), Arc::clone(&stop))?;
+        let (stop_read, stop) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(io::Error::from)?;
+        let pty = spawn_pty_reader(pty.master, Arc::clone(&paced), stop_read)?;
         let (tx, exit) = oneshot::channel();
         let reaped = Arc::new(AtomicBool::new(false));
         let reaped_flag = Arc::clone(&reaped);
@@ -179,7 +180,7 @@ impl Mbsync {
             pty: Some(pty),
             reaped,
             paced,
-            stop,
+            stop: Some(stop),
             stderr,
             stderr_buf: Vec::new(),
             err_buf: vec![0; 4096].into_boxed_slice(),
@@ -284,7 +285,8 @@ async fn recv_chunk(rx: Option<&mut mpsc::Receiver<Vec<u8>>>) -> Option<Vec<u8>>
 
 impl Drop for Mbsync {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        // Closing the pipe wakes the reader thread to stop.
+        self.stop = None;
         // Dropped before its end (a panic in the run task): no mbsync without a supervisor.
         self.signal(Signal::SIGKILL);
     }
@@ -295,31 +297,36 @@ const PACE: Duration = Duration::from_millis(5);
 /// A read at least this large means the pty buffer (about 15 KB) is filling: no pause then, or
 /// mbsync would block on its own progress output.
 const PACE_MAX_READ: usize = 2048;
-/// How often a reader whose pty stays open after the run checks whether it should stop.
-const STOP_CHECK_MS: u16 = 250;
-
 /// Read the pty master on a thread of its own. A thread, not the async runtime: the runtime's
 /// edge-triggered epoll would wake for every record mbsync writes (two per message) even while
 /// the run task pauses; a sleeping thread is not woken by writes.
 fn spawn_pty_reader(
     master: OwnedFd,
     paced: Arc<AtomicBool>,
-    stop: Arc<AtomicBool>,
+    stop: OwnedFd,
 ) -> io::Result<mpsc::Receiver<Vec<u8>>> {
     // Bounded: if the runtime stalls, the reader (and so mbsync) waits instead of queuing
     // output without limit.
     let (tx, rx) = mpsc::channel(256);
     std::thread::Builder::new().name("mbsync-pty".into()).spawn(move || {
         let mut buf = vec![0u8; 64 * 1024];
-        while !stop.load(Ordering::Relaxed) {
-            let mut fds = [PollFd::new(master.as_fd(), PollFlags::POLLIN)];
-            match poll(&mut fds, PollTimeout::from(STOP_CHECK_MS)) {
+        loop {
+            // No timeout: a silent mbsync (a stall) must not wake the daemon on a clock.
+            let mut fds = [
+                PollFd::new(master.as_fd(), PollFlags::POLLIN),
+                PollFd::new(stop.as_fd(), PollFlags::POLLIN),
+            ];
+            match poll(&mut fds, PollTimeout::NONE) {
                 Ok(0) | Err(Errno::EINTR) => continue,
                 Ok(_) => {}
                 Err(err) => {
                     tracing::warn!(%err, "cannot poll mbsync's pty; its progress is lost");
                     break;
                 }
+            }
+            // The run is over (the write end was closed).
+            if fds[1].revents().is_some_and(|r| !r.is_empty()) {
+                break;
             }
             match nix::unistd::read(master.as_fd(), &mut buf) {
                 // EOF, or EIO: every holder of the slave end closed it.

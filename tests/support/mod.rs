@@ -12,6 +12,7 @@ pub mod daemon;
 pub mod dovecot;
 pub mod mail;
 pub mod mbsync;
+pub mod notifications;
 pub mod process;
 pub mod proxy;
 pub mod sampler;
