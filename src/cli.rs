@@ -279,6 +279,23 @@ fn stopped_line(account: &str, answer: &Value, restarted: &[String]) -> String {
     format!("{account}: {what}; now syncing {}", restarted.join(", "))
 }
 
+/// `auto-takeover [on|off|toggle]`: print the switch, after setting it if asked.
+pub async fn auto_takeover(value: Option<&str>) -> Result<()> {
+    let proxy = proxy().await?;
+    let now = proxy.auto_takeover().await?;
+    let want = match value {
+        Some("on") => true,
+        Some("off") => false,
+        Some(_) => !now,
+        None => now,
+    };
+    if want != now {
+        proxy.set_auto_takeover(want).await?;
+    }
+    println!("{}", if want { "on" } else { "off" });
+    Ok(())
+}
+
 /// `cancel ACCOUNT`.
 pub async fn cancel(account: &str) -> Result<()> {
     proxy().await?.cancel(account).await?;

@@ -97,6 +97,13 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Show or set AutoTakeover: whether the service takes overdue or stuck syncs that run
+    /// elsewhere over by itself.
+    AutoTakeover {
+        /// on, off or toggle; none prints the current value.
+        #[arg(value_parser = ["on", "off", "toggle"])]
+        value: Option<String>,
+    },
     /// Follow progress: the current state, then one line per change.
     Watch {
         /// One JSON object per line.
@@ -135,6 +142,7 @@ async fn run(command: Command) -> ExitCode {
         Command::Handoff { account, timeout, no_wait, quiet } => {
             cli::take_over(&account, cli::Takeover::Handoff { timeout_ms: timeout }, no_wait, quiet).await
         }
+        Command::AutoTakeover { value } => cli::auto_takeover(value.as_deref()).await,
         Command::Exec { account, no_handoff, mbsync_config, config } => {
             return exec::exec(load_settings(mbsync_config.as_deref(), config), &account, !no_handoff).await;
         }

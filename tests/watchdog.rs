@@ -17,7 +17,7 @@ use support::{
     MbsyncVersion::{self, Isync14, Isync15},
     Testbed,
     daemon::{
-        Daemon, World, get, mbsync_pids_for, service, spawn_exec, wait_until, wakeups, with_timeout,
+        Daemon, World, get, mbsync_pids_for, run_cli, service, spawn_exec, wait_until, wakeups, with_timeout,
         write_service_config,
     },
     notifications::{Notified, Recorder},
@@ -329,6 +329,28 @@ async fn a_stalled_sync_does_not_tick() {
         println!("a stuck sync woke the daemon {woke} times in 4 s");
         assert!(woke <= 4, "the daemon woke {woke} times in 4 s of a stall (a 1 s tick would be 4+)");
         w.svc.cancel("alice").await.unwrap();
+    })
+    .await;
+}
+
+/// The client command flips the same switch every client sees.
+#[tokio::test]
+async fn the_auto_takeover_command_sets_the_property() {
+    with_timeout(async {
+        let w = World::start(&[("bob", "INBOX", 1)]).await;
+        let cli = |args: &'static [&'static str]| {
+            let (bus, env) = (w.bus.address().to_owned(), w.tb.env());
+            async move {
+                let out = tokio::task::spawn_blocking(move || run_cli(&bus, &env, args)).await.unwrap();
+                assert_eq!(out.status.code(), Some(0), "{out:?}");
+                String::from_utf8(out.stdout).unwrap().trim().to_owned()
+            }
+        };
+        assert_eq!(cli(&["auto-takeover"]).await, "off");
+        assert_eq!(cli(&["auto-takeover", "on"]).await, "on");
+        assert!(w.svc.auto_takeover().await.unwrap());
+        assert_eq!(cli(&["auto-takeover", "toggle"]).await, "off");
+        assert!(!w.svc.auto_takeover().await.unwrap());
     })
     .await;
 }
