@@ -149,6 +149,25 @@ impl Alerts {
         })]
     }
 
+    /// A sync could not even start, for a reason a person must fix: a failure like a failed run
+    /// (once per streak; the next good sync closes it).
+    pub fn problem(&mut self, account: &str, message: &str) -> Vec<Command> {
+        let key = Key::Account(account.to_owned());
+        let streak = *self.streaks.entry(account.to_owned()).or_insert(0);
+        let mut out = Vec::new();
+        if self.shown.get(&key) != Some(&Episode::Failure(streak)) {
+            let alert = Alert {
+                key,
+                account: account.to_owned(),
+                summary: format!("Mail sync of {account} cannot start"),
+                body: message.to_owned(),
+                actions: vec![Action::Dismiss],
+            };
+            self.show(alert, Episode::Failure(streak), &mut out);
+        }
+        out
+    }
+
     /// The user dismissed a notification (the button, or closed it by hand).
     pub fn dismissed(&mut self, key: &Key) {
         if let Some(episode) = self.shown.remove(key) {
@@ -361,6 +380,17 @@ mod tests {
         p.start(11, vec![], 9_000);
         p.finish(&Outcome::Interrupted, 10_000);
         assert!(a.record("alice", p.record()).is_empty());
+    }
+
+    #[test]
+    fn a_sync_that_cannot_start_notifies_once_until_a_good_sync() {
+        let mut a = Alerts::new(120);
+        let cmds = a.problem("alice", "mbsync refuses the config file");
+        assert_eq!(keys(&cmds), [r#"show Account("alice") [Dismiss]"#]);
+        assert!(a.problem("alice", "mbsync refuses the config file").is_empty());
+        let mut p = running();
+        p.finish(&Outcome::Ok, 2_000);
+        assert_eq!(keys(&a.record("alice", p.record())), [r#"close Account("alice")"#]);
     }
 
     #[test]

@@ -269,6 +269,24 @@ async fn a_failure_notifies_once_per_streak_and_a_good_sync_closes_it() {
         let s = tokio::time::timeout(LONG, fin.next()).await.unwrap().unwrap();
         assert!(s.args().unwrap().ok, "{}", s.args().unwrap().message);
         recorder.wait_closed(n.id, Duration::from_secs(5)).await;
+
+        // A config mbsync refuses: the sync cannot start, which a person must fix too.
+        let rc = std::fs::read_to_string(w.tb.mbsyncrc()).unwrap();
+        std::fs::write(w.tb.mbsyncrc(), rc.replace("SSLType None", "SSLType None\nBogusKeyword yes"))
+            .unwrap();
+        let err = w.svc.sync("bob").await.unwrap_err();
+        assert_eq!(zbus::DBusError::name(&err).as_str(), "org.himalaya.Sync.Error.ConfigError");
+        let problem = recorder.wait_notified(2, Duration::from_secs(5)).await;
+        assert!(problem.body.contains("BogusKeyword"), "{problem:?}");
+        assert_eq!(problem.replaces_id, n.id, "the account's notification, in place");
+        std::fs::write(w.tb.mbsyncrc(), rc).unwrap();
+        w.svc.sync("bob").await.unwrap();
+        let s = tokio::time::timeout(LONG, fin.next()).await.unwrap().unwrap();
+        assert!(s.args().unwrap().ok, "{}", s.args().unwrap().message);
+        wait_until("the problem notification to close", Duration::from_secs(5), || async {
+            recorder.closed().iter().filter(|id| **id == n.id).count() == 2
+        })
+        .await;
     })
     .await;
 }

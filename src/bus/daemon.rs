@@ -182,6 +182,10 @@ async fn publish(
                 tell(notify::Input::TookOver { account, why, stopped });
                 Ok(())
             }
+            CoreEvent::Problem { account, message } => {
+                tell(notify::Input::Problem { account, message });
+                Ok(())
+            }
             CoreEvent::Flush(done) => {
                 let _ = done.send(());
                 Ok(())

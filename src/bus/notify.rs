@@ -60,6 +60,7 @@ pub trait Notifications {
 pub enum Input {
     Record { account: String, record: Box<Record> },
     TookOver { account: String, why: String, stopped: Box<Stopped> },
+    Problem { account: String, message: String },
 }
 
 /// `NotificationClosed` reasons (the spec): 1 expired, 2 dismissed by the user, 3 closed by a
@@ -125,6 +126,7 @@ async fn run(
                     Input::TookOver { account, why, stopped } => {
                         n.alerts.took_over(&account, &why, stopped.pid, &stopped.command)
                     }
+                    Input::Problem { account, message } => n.alerts.problem(&account, &message),
                 };
                 for command in commands {
                     n.apply(command).await;

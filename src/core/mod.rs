@@ -59,6 +59,8 @@ pub enum CoreEvent {
     /// The service took an external sync over by itself (`AutoTakeover`); `why` says what was
     /// wrong with it.
     TookOver { account: String, why: String, stopped: Box<Stopped> },
+    /// A sync could not start for a reason a person must fix (the config, a missing mbsync).
+    Problem { account: String, message: String },
 }
 
 /// Why a channel lock could not be taken.
@@ -344,7 +346,8 @@ impl<L: Locks> Core<L> {
     /// Validate `account` and return the channels it stands for.
     fn lookup(&self, inner: &mut Inner, account: &str) -> Result<Vec<String>> {
         validate_name(account)?;
-        if !inner.accounts.contains_key(account) {
+        // Unknown, or the config was broken at the last read (it may be fixed now): read again.
+        if !inner.accounts.contains_key(account) || inner.mbsync.is_err() {
             self.reload(inner);
         }
         let config = inner.mbsync.as_ref().map_err(|e| Error::ConfigError(e.clone()))?;
@@ -373,6 +376,14 @@ impl<L: Locks> Core<L> {
     /// (`AlreadySyncing`) or elsewhere (`LockedElsewhere`), mbsync missing, or mbsync could not
     /// be started.
     pub async fn sync(&self, account: &str) -> Result<()> {
+        let result = self.sync_inner(account).await;
+        if let Err(err @ (Error::ConfigError(_) | Error::MbsyncMissing { .. })) = &result {
+            self.emit(CoreEvent::Problem { account: account.to_owned(), message: err.to_string() });
+        }
+        result
+    }
+
+    async fn sync_inner(&self, account: &str) -> Result<()> {
         let scope = {
             let mut inner = self.inner();
             let mut channels = self.lookup(&mut inner, account)?;
