@@ -247,8 +247,13 @@ impl Alerts {
         let first = self.externals.entry(pid).or_default();
         first.insert(account.to_owned());
         let key = Key::External(pid);
-        if (r.overdue || r.stuck) && !self.shown.contains_key(&key) {
-            self.show(external_alert(account, r, pid), Episode::External, out);
+        if r.overdue || r.stuck {
+            if !self.shown.contains_key(&key) {
+                self.show(external_alert(account, r, pid), Episode::External, out);
+            }
+        } else if self.shown.get(&key) == Some(&Episode::External) {
+            // A stuck one moves again.
+            self.close(&key, out);
         }
     }
 

@@ -372,3 +372,37 @@ async fn the_auto_takeover_command_sets_the_property() {
     })
     .await;
 }
+
+/// An `exec` holder watches its own run the same way: the service relays `stuck = true` (state
+/// stays `external`) and offers "Take over"; moving again clears it.
+#[tokio::test]
+async fn a_stuck_exec_holder_is_relayed_and_offered_for_takeover() {
+    with_timeout(async {
+        let (w, recorder) = world(Isync14, "stall_timeout = 2\n", true).await;
+        w.tb.proxy.set_rate(Some(100_000));
+        let exec = spawn_exec(Some(w.bus.address()), &w.tb.env(), &["alice"]);
+        wait_until("the holder's progress", LONG, || async {
+            get::<u32>(&w.svc.get_progress("alice").await.unwrap(), "messages_done").unwrap_or(0) > 0
+        })
+        .await;
+        w.tb.proxy.pause();
+        wait_until("the holder's stall to be relayed", STUCK_WITHIN + Duration::from_secs(1), || async {
+            let r = w.svc.get_progress("alice").await.unwrap();
+            state(&r) == "external" && get::<bool>(&r, "stuck") == Some(true)
+        })
+        .await;
+        let n = recorder.wait_notified(1, Duration::from_secs(5)).await;
+        assert_eq!(n.action_ids(), ["takeover", "dismiss"], "{n:?}");
+        assert!(n.summary.contains("has not moved"), "{n:?}");
+        w.tb.proxy.resume();
+        wait_until("the holder to move again", LONG, || async {
+            get::<bool>(&w.svc.get_progress("alice").await.unwrap(), "stuck") == Some(false)
+        })
+        .await;
+        recorder.wait_closed(n.id, Duration::from_secs(5)).await;
+        w.tb.proxy.set_rate(None);
+        exec.wait(LONG).assert_code(0, "the holder's own run");
+        w.tb.assert_in_sync("alice");
+    })
+    .await;
+}
