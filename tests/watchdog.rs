@@ -59,6 +59,13 @@ async fn stall_a_sync(w: &World) {
     wait_stuck(w).await;
 }
 
+async fn wait_moving(w: &World) {
+    wait_until("alice to move again", LONG, || async {
+        state(&w.svc.get_progress("alice").await.unwrap()) == "syncing"
+    })
+    .await;
+}
+
 async fn wait_stuck(w: &World) {
     let start = std::time::Instant::now();
     wait_until("alice to be stuck", STUCK_WITHIN + Duration::from_secs(1), || async {
@@ -108,10 +115,7 @@ async fn a_stall_is_stuck_notified_and_closed_when_it_moves(version: MbsyncVersi
         assert!(saw_stuck, "no ProgressChanged with stuck = true");
 
         w.tb.proxy.resume();
-        wait_until("alice to move again", LONG, || async {
-            state(&w.svc.get_progress("alice").await.unwrap()) == "syncing"
-        })
-        .await;
+        wait_moving(&w).await;
         recorder.wait_closed(n.id, Duration::from_secs(5)).await;
         w.tb.proxy.set_rate(None);
         let (ok, message) = finished(&w, &mut fin).await;
@@ -161,10 +165,7 @@ async fn restart_dismiss_a_second_stall_and_stop() {
 
         // It moves, stalls again: notified again, in place; Stop stops it.
         w.tb.proxy.resume();
-        wait_until("alice to move again", LONG, || async {
-            state(&w.svc.get_progress("alice").await.unwrap()) == "syncing"
-        })
-        .await;
+        wait_moving(&w).await;
         w.tb.proxy.pause();
         wait_stuck(&w).await;
         let third = recorder.wait_notified(3, Duration::from_secs(5)).await;
@@ -313,10 +314,7 @@ async fn no_actions_no_server_and_notifications_off() {
         let w = World::around(tb).await;
         stall_a_sync(&w).await;
         w.tb.proxy.resume();
-        wait_until("alice to move again", LONG, || async {
-            state(&w.svc.get_progress("alice").await.unwrap()) == "syncing"
-        })
-        .await;
+        wait_moving(&w).await;
         w.tb.proxy.pause();
         wait_stuck(&w).await;
         let log = w.daemon.log();
