@@ -119,7 +119,7 @@ pub async fn drive(
                             Decision::Pending => {}
                         }
                     }
-                    mbsync.set_paced(publish_at.is_some());
+                    mbsync.hold_until(publish_at);
                 }
                 Output::Exited(exit) => {
                     parser.finish(&mut events);
@@ -141,7 +141,7 @@ pub async fn drive(
             }
             () = sleep_until(publish_at.unwrap_or_else(Instant::now)), if publish_at.is_some() => {
                 publish_at = None;
-                mbsync.set_paced(false);
+                mbsync.hold_until(None);
                 throttle.fired(Instant::now().into_std());
                 sink.publish();
             }
@@ -153,7 +153,7 @@ pub async fn drive(
                 sink.stopping();
                 throttle.sent(Instant::now().into_std());
                 publish_at = None;
-                mbsync.set_paced(false);
+                mbsync.hold_until(None);
                 sink.publish();
             }
             () = sleep_until(kill_at.unwrap_or_else(Instant::now)), if kill_at.is_some() => {

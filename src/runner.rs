@@ -20,7 +20,7 @@ use std::{
     process::Stdio,
     sync::{
         Arc,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::Duration,
 };
@@ -60,8 +60,9 @@ pub struct Mbsync {
     /// Set by the wait task the moment mbsync is reaped: from then on its PID may be reused, so
     /// no signal may be sent to it.
     reaped: Arc<AtomicBool>,
-    /// Asks the reader thread to pause between small reads (see [`Mbsync::set_paced`]).
-    paced: Arc<AtomicBool>,
+    /// Until when the reader thread keeps what it reads (see [`Mbsync::hold_until`]): µs on
+    /// [`clock`], 0 for not at all.
+    hold: Arc<AtomicU64>,
     /// The write end of a pipe the reader thread polls beside the pty: dropped, it wakes the
     /// thread to stop (the run is over), so the thread needs no polling timeout.
     stop: Option<OwnedFd>,
@@ -161,9 +162,9 @@ impl Mbsync {
         let pid = child.id().ok_or_else(|| io::Error::other("mbsync exited at once"))?;
         fcntl(pty.master.as_fd(), FcntlArg::F_SETFL(OFlag::O_NONBLOCK)).map_err(io::Error::from)?;
         let stderr = child.stderr.take();
-        let paced = Arc::new(AtomicBool::new(false));
+        let hold = Arc::new(AtomicU64::new(0));
         let (stop_read, stop) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(io::Error::from)?;
-        let pty = spawn_pty_reader(pty.master, Arc::clone(&paced), stop_read)?;
+        let pty = spawn_pty_reader(pty.master, Arc::clone(&hold), stop_read)?;
         let (tx, exit) = oneshot::channel();
         let reaped = Arc::new(AtomicBool::new(false));
         let reaped_flag = Arc::clone(&reaped);
@@ -179,7 +180,7 @@ impl Mbsync {
             pid,
             pty: Some(pty),
             reaped,
-            paced,
+            hold,
             stop: Some(stop),
             stderr,
             stderr_buf: Vec::new(),
@@ -207,12 +208,14 @@ impl Mbsync {
         }
     }
 
-    /// Pace the pty reader: while on, it pauses briefly after a small read, so a burst of
-    /// progress records is read in a few large chunks instead of one wakeup per record. The
-    /// caller turns it on only while it would not publish the records at once anyway (a
-    /// throttled publish is pending), so isolated changes keep their latency.
-    pub fn set_paced(&self, on: bool) {
-        self.paced.store(on, Ordering::Relaxed);
+    /// Hold the output until `until` (a throttled publish is due then): the reader thread keeps
+    /// reading the pty, so mbsync never blocks on it, but hands what it read to the run only
+    /// just before that moment, in one piece. A burst then costs the run one wakeup per
+    /// publish, not one per record; with `None` every read goes out at once, so an isolated
+    /// change keeps its latency.
+    pub fn hold_until(&self, until: Option<tokio::time::Instant>) {
+        let us = until.map_or(0, |t| micros_on_clock(t.into_std()).max(1));
+        self.hold.store(us, Ordering::Relaxed);
     }
 
     /// The next piece of output, or the end of the run. Cancel-safe.
@@ -292,17 +295,32 @@ impl Drop for Mbsync {
     }
 }
 
-/// How long the paced reader pauses after a small read.
+/// How long a holding reader pauses after a small read, so a burst is read in a few large
+/// chunks.
 const PACE: Duration = Duration::from_millis(5);
 /// A read at least this large means the pty buffer (about 15 KB) is filling: no pause then, or
 /// mbsync would block on its own progress output.
 const PACE_MAX_READ: usize = 2048;
+/// Held output goes out this long before the publish it is for, so it is there in time.
+const HOLD_MARGIN_US: u64 = 2_000;
+/// Held output goes out anyway once this large (bounded memory, bounded staleness).
+const HOLD_MAX: usize = 256 * 1024;
+
+/// A monotonic clock shared by the run and its reader thread: µs since its first use.
+fn clock() -> std::time::Instant {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    *START.get_or_init(std::time::Instant::now)
+}
+
+fn micros_on_clock(t: std::time::Instant) -> u64 {
+    t.saturating_duration_since(clock()).as_micros() as u64
+}
 /// Read the pty master on a thread of its own. A thread, not the async runtime: the runtime's
 /// edge-triggered epoll would wake for every record mbsync writes (two per message) even while
 /// the run task pauses; a sleeping thread is not woken by writes.
 fn spawn_pty_reader(
     master: OwnedFd,
-    paced: Arc<AtomicBool>,
+    hold: Arc<AtomicU64>,
     stop: OwnedFd,
 ) -> io::Result<mpsc::Receiver<Vec<u8>>> {
     // Bounded: if the runtime stalls, the reader (and so mbsync) waits instead of queuing
@@ -310,15 +328,26 @@ fn spawn_pty_reader(
     let (tx, rx) = mpsc::channel(256);
     std::thread::Builder::new().name("mbsync-pty".into()).spawn(move || {
         let mut buf = vec![0u8; 64 * 1024];
+        let mut pending: Vec<u8> = Vec::new();
+        // When held output is due: the publish it is for, less a margin; 0 = not holding.
+        let due = || hold.load(Ordering::Relaxed).saturating_sub(HOLD_MARGIN_US);
         loop {
-            // No timeout: a silent mbsync (a stall) must not wake the daemon on a clock.
+            // Nothing held: no timeout, so a silent mbsync (a stall) never wakes the daemon on
+            // a clock. Something held: wake when it is due.
+            let timeout = if pending.is_empty() {
+                PollTimeout::NONE
+            } else {
+                let left_ms = due().saturating_sub(micros_on_clock(std::time::Instant::now())).div_ceil(1000);
+                PollTimeout::try_from(i32::try_from(left_ms.min(1000)).unwrap_or(1000))
+                    .unwrap_or(PollTimeout::ZERO)
+            };
             let mut fds = [
                 PollFd::new(master.as_fd(), PollFlags::POLLIN),
                 PollFd::new(stop.as_fd(), PollFlags::POLLIN),
             ];
-            match poll(&mut fds, PollTimeout::NONE) {
-                Ok(0) | Err(Errno::EINTR) => continue,
+            match poll(&mut fds, timeout) {
                 Ok(_) => {}
+                Err(Errno::EINTR) => continue,
                 Err(err) => {
                     tracing::warn!(%err, "cannot poll mbsync's pty; its progress is lost");
                     break;
@@ -328,22 +357,37 @@ fn spawn_pty_reader(
             if fds[1].revents().is_some_and(|r| !r.is_empty()) {
                 break;
             }
-            match nix::unistd::read(master.as_fd(), &mut buf) {
-                // EOF, or EIO: every holder of the slave end closed it.
-                Ok(0) | Err(Errno::EIO) => break,
-                Ok(n) => {
-                    if tx.blocking_send(buf[..n].to_vec()).is_err() {
+            let mut small_read = false;
+            if fds[0].revents().is_some_and(|r| !r.is_empty()) {
+                match nix::unistd::read(master.as_fd(), &mut buf) {
+                    // EOF, or EIO: every holder of the slave end closed it.
+                    Ok(0) | Err(Errno::EIO) => {
+                        if !pending.is_empty() && tx.blocking_send(std::mem::take(&mut pending)).is_err() {
+                            tracing::debug!("the run is gone; its last output is dropped");
+                        }
                         break;
                     }
-                    if n < PACE_MAX_READ && paced.load(Ordering::Relaxed) {
-                        std::thread::sleep(PACE);
+                    Ok(n) => {
+                        pending.extend_from_slice(&buf[..n]);
+                        small_read = n < PACE_MAX_READ;
+                    }
+                    Err(Errno::EINTR | Errno::EAGAIN) => {}
+                    Err(err) => {
+                        tracing::warn!(%err, "cannot read mbsync's pty; its progress is lost");
+                        break;
                     }
                 }
-                Err(Errno::EINTR | Errno::EAGAIN) => {}
-                Err(err) => {
-                    tracing::warn!(%err, "cannot read mbsync's pty; its progress is lost");
+            }
+            if pending.is_empty() {
+                continue;
+            }
+            let holding = micros_on_clock(std::time::Instant::now()) < due();
+            if !holding || pending.len() >= HOLD_MAX {
+                if tx.blocking_send(std::mem::take(&mut pending)).is_err() {
                     break;
                 }
+            } else if small_read {
+                std::thread::sleep(PACE);
             }
         }
     })?;
