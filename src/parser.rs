@@ -1263,6 +1263,57 @@ mod tests {
         out
     }
 
+    /// Mutated real captures (bytes flipped, inserted from mbsync's own alphabet, deleted,
+    /// repeated), fed in random chunks through the parser and the progress model: no panic, and
+    /// the parser's buffer stays bounded. `HIMALAYA_SYNC_FUZZ_CASES` sets the count (the default
+    /// keeps `cargo test` quick; the README says how to run a million).
+    #[test]
+    fn mutated_captures_never_panic_and_memory_stays_bounded() {
+        let cases: usize =
+            std::env::var("HIMALAYA_SYNC_FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000);
+        const ALPHABET: &[u8] = b"0123456789/ +*#-:CBFNMS\r\n~.\x1b\xff";
+        let mut rng = Rng(0x5eed_f00d_dead_beef);
+        let mut events = Vec::new();
+        for case in 0..cases {
+            let (_, capture) = CAPTURES[rng.below(CAPTURES.len())];
+            // A window of the capture, so a case stays small and many cases stay fast.
+            let start = rng.below(capture.len().max(1));
+            let end = (start + 1 + rng.below(4096)).min(capture.len());
+            let mut input = capture[start..end].to_vec();
+            for _ in 0..1 + rng.below(8) {
+                let at = rng.below(input.len() + 1);
+                match rng.below(4) {
+                    0 if at < input.len() => input[at] ^= 1 << rng.below(8),
+                    1 => input.insert(at, ALPHABET[rng.below(ALPHABET.len())]),
+                    2 if at < input.len() => {
+                        input.remove(at);
+                    }
+                    _ => {
+                        let len = rng.below(64).min(input.len() - at.min(input.len()));
+                        let piece = input[at..at + len].to_vec();
+                        input.splice(at..at, piece);
+                    }
+                }
+            }
+            let mut parser = Parser::new();
+            let mut model = crate::progress::Progress::new();
+            model.start(1, Vec::new(), 0);
+            let max = 1 + rng.below(64);
+            for (i, chunk) in random_chunks(&input, &mut rng, max).into_iter().enumerate() {
+                parser.feed(chunk, &mut events);
+                assert!(parser.buf.len() <= MAX_PIECE, "case {case}: buffer {} bytes", parser.buf.len());
+                for event in events.drain(..) {
+                    model.apply(&event, i as u64 * 1_000);
+                }
+            }
+            parser.finish(&mut events);
+            for event in events.drain(..) {
+                model.apply(&event, u64::MAX / 2);
+            }
+            model.finish(&crate::progress::Outcome::Ok, u64::MAX / 2);
+        }
+    }
+
     #[test]
     fn random_input_never_panics_nor_invents_numbers() {
         let mut rng = Rng(0x0123_4567_89ab_cdef);
