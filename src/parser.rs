@@ -1269,9 +1269,9 @@ mod tests {
     /// keeps `cargo test` quick; the README says how to run a million).
     #[test]
     fn mutated_captures_never_panic_and_memory_stays_bounded() {
+        const ALPHABET: &[u8] = b"0123456789/ +*#-:CBFNMS\r\n~.\x1b\xff";
         let cases: usize =
             std::env::var("HIMALAYA_SYNC_FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000);
-        const ALPHABET: &[u8] = b"0123456789/ +*#-:CBFNMS\r\n~.\x1b\xff";
         let mut rng = Rng(0x5eed_f00d_dead_beef);
         let mut events = Vec::new();
         for case in 0..cases {
