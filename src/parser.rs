@@ -1280,7 +1280,7 @@ mod tests {
             let start = rng.below(capture.len().max(1));
             let end = (start + 1 + rng.below(4096)).min(capture.len());
             let mut input = capture[start..end].to_vec();
-            for _ in 0..1 + rng.below(8) {
+            for _ in 0..=rng.below(8) {
                 let at = rng.below(input.len() + 1);
                 match rng.below(4) {
                     0 if at < input.len() => input[at] ^= 1 << rng.below(8),
