@@ -324,56 +324,177 @@ pub async fn status(account: Option<&str>, as_json: bool) -> Result<()> {
     Ok(())
 }
 
-/// `watch [--json]`: the current state, then one line per change, until the service goes.
-pub async fn watch(as_json: bool) -> Result<()> {
-    let proxy = proxy().await?;
-    let mut progress = proxy.receive_progress_changed().await?;
-    let mut finished = proxy.receive_sync_finished().await?;
-    let mut owner = proxy.inner().receive_owner_changed().await?;
-    let all: BTreeMap<String, Value> =
-        proxy.get_all_progress().await?.iter().map(|(k, v)| (k.clone(), record_to_json(v))).collect();
-    let mut out = std::io::stdout().lock();
-    let mut emit = |line: String| -> Result<()> {
+/// How `watch` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WatchFormat {
+    /// One line per change for people.
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `watch [--json]`: the current state, then one line per change, for as long as the bus lives.
+///
+/// It follows the service across restarts, so clients never restart their watcher: when the
+/// service's name loses its owner, it says so (`{"event":"service","up":false}`), waits for a
+/// new owner (`NameOwnerChanged`: no polling), then says `up:true` and prints a fresh state line.
+/// It only ends when the bus itself goes (exit 3) or its reader does (exit 0).
+pub async fn watch(format: WatchFormat) -> Result<()> {
+    let conn = Connection::session().await.map_err(|e| CliError {
+        code: EXIT_NO_SERVICE,
+        message: format!("cannot connect to the session bus: {e}"),
+    })?;
+    let mut watch = Watch::subscribe(&conn, format).await?;
+    let mut said_down = false;
+    loop {
+        // The first call also starts the service by D-Bus activation where that is set up.
+        match current_state(&watch.proxy).await {
+            Ok((all, auto)) => {
+                if said_down {
+                    watch.service(true)?;
+                }
+                watch.state(&all, auto)?;
+                watch.follow().await?;
+            }
+            Err(err) => {
+                tracing::debug!("the service does not answer: {}", CliError::from(err).message);
+                if said_down {
+                    // Its name came back, but it does not answer: wait for the next owner.
+                    watch.wait_for_owner().await?;
+                    continue;
+                }
+            }
+        }
+        watch.service(false)?;
+        said_down = true;
+        watch.wait_for_owner().await?;
+    }
+}
+
+/// The streams `watch` follows, subscribed before its first call so nothing between them is
+/// missed; zbus's signal streams follow the name to each new owner.
+struct Watch {
+    proxy: ServiceProxy<'static>,
+    owner: zbus::proxy::OwnerChangedStream<'static>,
+    progress: ProgressChangedStream,
+    finished: SyncFinishedStream,
+    changed: zbus::fdo::PropertiesChangedStream,
+    format: WatchFormat,
+}
+
+impl Watch {
+    async fn subscribe(conn: &Connection, format: WatchFormat) -> Result<Self> {
+        // No property cache: it would ask a service that may not be there yet.
+        let no_cache = zbus::proxy::CacheProperties::No;
+        let proxy = ServiceProxy::builder(conn).cache_properties(no_cache).build().await?;
+        let props = zbus::fdo::PropertiesProxy::builder(conn)
+            .destination(crate::bus::BUS_NAME)
+            .path(crate::bus::PATH)
+            .cache_properties(no_cache)
+            .build()
+            .await?;
+        Ok(Self {
+            owner: proxy.inner().receive_owner_changed().await?,
+            progress: proxy.receive_progress_changed().await?,
+            finished: proxy.receive_sync_finished().await?,
+            changed: props.receive_properties_changed().await?,
+            proxy,
+            format,
+        })
+    }
+
+    fn emit(line: &str) -> Result<()> {
+        let mut out = std::io::stdout().lock();
         // A closed pipe (the reader went away) ends the watch quietly.
         writeln!(out, "{line}")
             .and_then(|()| out.flush())
             .map_err(|_| CliError { code: 0, message: String::new() })
-    };
-    if as_json {
-        emit(json!({ "event": "state", "accounts": all }).to_string())?;
-    } else {
-        for (name, r) in &all {
-            emit(human_line(name, r))?;
-        }
     }
-    loop {
-        tokio::select! {
-            // Progress first: the bus delivers a run's last ProgressChanged before its
-            // SyncFinished, but two streams ready at once would otherwise be taken in any order.
-            biased;
-            Some(signal) = progress.next() => {
-                let Ok(args) = signal.args() else { continue };
-                let record = record_to_json(&args.progress);
-                emit(if as_json {
-                    json!({ "event": "progress", "account": args.account, "progress": record }).to_string()
-                } else {
-                    human_line(args.account, &record)
-                })?;
-            }
-            Some(signal) = finished.next() => {
-                let Ok(args) = signal.args() else { continue };
-                emit(if as_json {
-                    json!({ "event": "finished", "account": args.account, "ok": args.ok, "message": args.message }).to_string()
-                } else {
-                    format!("{}: {} ({})", args.account, if args.ok { "finished" } else { "failed" }, args.message)
-                })?;
-            }
-            Some(new_owner) = owner.next() => {
-                if new_owner.is_none() {
-                    return Err(CliError { code: EXIT_NO_SERVICE, message: "the service stopped".into() });
+
+    fn json(&self) -> bool {
+        self.format == WatchFormat::Json
+    }
+
+    fn service(&self, up: bool) -> Result<()> {
+        Self::emit(&match (self.json(), up) {
+            (true, up) => json!({ "event": "service", "up": up }).to_string(),
+            (false, true) => "service: back".to_owned(),
+            (false, false) => "service: not running; waiting for it".to_owned(),
+        })
+    }
+
+    fn state(&self, all: &BTreeMap<String, Value>, auto_takeover: bool) -> Result<()> {
+        if self.json() {
+            return Self::emit(
+                &json!({ "event": "state", "accounts": all, "auto_takeover": auto_takeover }).to_string(),
+            );
+        }
+        all.iter().try_for_each(|(name, r)| Self::emit(&human_line(name, r)))
+    }
+
+    /// Print every change until the service's name loses its owner.
+    async fn follow(&mut self) -> Result<()> {
+        loop {
+            tokio::select! {
+                // Progress first: the bus delivers a run's last ProgressChanged before its
+                // SyncFinished, but two streams ready at once would otherwise be taken in any order.
+                biased;
+                Some(signal) = self.progress.next() => {
+                    let Ok(args) = signal.args() else { continue };
+                    let record = record_to_json(&args.progress);
+                    Self::emit(&if self.json() {
+                        json!({ "event": "progress", "account": args.account, "progress": record }).to_string()
+                    } else {
+                        human_line(args.account, &record)
+                    })?;
                 }
+                Some(signal) = self.finished.next() => {
+                    let Ok(args) = signal.args() else { continue };
+                    Self::emit(&if self.json() {
+                        json!({ "event": "finished", "account": args.account, "ok": args.ok, "message": args.message }).to_string()
+                    } else {
+                        format!("{}: {} ({})", args.account, if args.ok { "finished" } else { "failed" }, args.message)
+                    })?;
+                }
+                Some(signal) = self.changed.next() => {
+                    let Ok(args) = signal.args() else { continue };
+                    let on = args.changed_properties.get("AutoTakeover").and_then(|v| v.downcast_ref::<bool>().ok());
+                    if let (Some(on), "org.himalaya.Sync") = (on, args.interface_name.as_str()) {
+                        Self::emit(&if self.json() {
+                            json!({ "event": "auto_takeover", "on": on }).to_string()
+                        } else {
+                            format!("auto-takeover: {}", if on { "on" } else { "off" })
+                        })?;
+                    }
+                }
+                new_owner = self.owner.next() => match new_owner {
+                    Some(Some(_)) => {} // the owner we follow already (its activation)
+                    Some(None) => return Ok(()),
+                    None => return Err(bus_gone()),
+                },
             }
-            else => return Err(CliError { code: EXIT_NO_SERVICE, message: "the service went away".into() }),
         }
     }
+
+    /// Until the service's name has an owner again.
+    async fn wait_for_owner(&mut self) -> Result<()> {
+        loop {
+            match self.owner.next().await {
+                Some(Some(_)) => return Ok(()),
+                Some(None) => {}
+                None => return Err(bus_gone()),
+            }
+        }
+    }
+}
+
+fn bus_gone() -> CliError {
+    CliError { code: EXIT_NO_SERVICE, message: "the session bus went away".into() }
+}
+
+/// Every account's record and the `AutoTakeover` switch.
+async fn current_state(proxy: &ServiceProxy<'_>) -> zbus::Result<(BTreeMap<String, Value>, bool)> {
+    let all = proxy.get_all_progress().await?.iter().map(|(k, v)| (k.clone(), record_to_json(v))).collect();
+    let auto = proxy.auto_takeover().await?;
+    Ok((all, auto))
 }

@@ -104,7 +104,8 @@ enum Command {
         #[arg(value_parser = ["on", "off", "toggle"])]
         value: Option<String>,
     },
-    /// Follow progress: the current state, then one line per change.
+    /// Follow progress: the current state, then one line per change. It follows the service
+    /// across restarts and ends only when the bus does.
     Watch {
         /// One JSON object per line.
         #[arg(long)]
@@ -135,7 +136,9 @@ async fn run(command: Command) -> ExitCode {
         Command::Sync { account, no_wait, quiet } => cli::sync(&account, no_wait, quiet).await,
         Command::Cancel { account } => cli::cancel(&account).await,
         Command::Status { account, json } => cli::status(account.as_deref(), json).await,
-        Command::Watch { json } => cli::watch(json).await,
+        Command::Watch { json } => {
+            cli::watch(if json { cli::WatchFormat::Json } else { cli::WatchFormat::Human }).await
+        }
         Command::Takeover { account, no_wait, quiet } => {
             cli::take_over(&account, cli::Takeover::Force, no_wait, quiet).await
         }

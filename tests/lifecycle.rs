@@ -323,6 +323,94 @@ async fn cli_status_watch_and_sync() {
     .await;
 }
 
+/// `watch --json` follows the service across restarts: started before the service it says it is
+/// down, then up with a fresh state when it comes; a SIGTERM and a kill -9 of the daemon mid-sync
+/// are `service up:false`, never an exit; the next daemon brings `up:true`, a state line and its
+/// progress; AutoTakeover changes come as their own events.
+#[tokio::test]
+async fn watch_follows_the_service_across_restarts() {
+    with_timeout(async {
+        let tb = Testbed::new(&[("bob", "INBOX", 20)]);
+        let bus = PrivateBus::start(None);
+        let mut watch = tokio::process::Command::new(BIN)
+            .args(["watch", "--json"])
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("DBUS_SESSION_BUS_ADDRESS", bus.address())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut lines =
+            tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(watch.stdout.take().unwrap()));
+        let mut next = async || -> serde_json::Value {
+            let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+                .await
+                .expect("a watch line in time")
+                .unwrap()
+                .expect("watch is still running");
+            serde_json::from_str(&line).unwrap()
+        };
+        assert_eq!(next().await, serde_json::json!({ "event": "service", "up": false }));
+
+        let log = |n: u32| tb.dir.path().join(format!("daemon{n}.log"));
+        let mut daemon = Daemon::start(bus.address(), &tb.env(), &log(1)).await;
+        assert_eq!(next().await, serde_json::json!({ "event": "service", "up": true }));
+        let state = next().await;
+        assert_eq!(state["event"], "state");
+        assert_eq!(state["accounts"]["bob"]["state"], "idle");
+        assert_eq!(state["auto_takeover"], false);
+
+        let conn = connect(bus.address()).await;
+        service(&conn).await.set_auto_takeover(true).await.unwrap();
+        assert_eq!(next().await, serde_json::json!({ "event": "auto_takeover", "on": true }));
+
+        // SIGTERM, then a kill -9 while a sync runs: each time down, then up with a fresh state.
+        for (n, kill9) in [(2, false), (3, true)] {
+            if kill9 {
+                tb.proxy.set_rate(Some(2_000));
+                service(&conn).await.sync("bob").await.unwrap();
+                loop {
+                    let e = next().await;
+                    if e["event"] == "progress" && e["progress"]["state"] == "syncing" {
+                        break;
+                    }
+                }
+                daemon.kill9();
+            } else {
+                assert_eq!(daemon.stop("TERM", Duration::from_secs(15)).code(), Some(0));
+            }
+            let down = loop {
+                let e = next().await;
+                if e["event"] == "service" {
+                    break e;
+                }
+            };
+            assert_eq!(down["up"], false, "after daemon {}", n - 1);
+            tb.proxy.set_rate(None);
+            daemon = Daemon::start(bus.address(), &tb.env(), &log(n)).await;
+            assert_eq!(next().await, serde_json::json!({ "event": "service", "up": true }));
+            let state = next().await;
+            assert_eq!(state["event"], "state", "{state}");
+            assert_eq!(state["auto_takeover"], true, "kept in the state file");
+        }
+        // The new daemon's runs are followed as the first one's were.
+        let out = support::daemon::run_cli(bus.address(), &tb.env(), &["sync", "bob"]);
+        assert!(out.status.success(), "{out:?}");
+        let finished = loop {
+            let e = next().await;
+            if e["event"] == "finished" {
+                break e;
+            }
+        };
+        assert_eq!(finished["account"], "bob");
+        assert_eq!(finished["ok"], true);
+        assert!(watch.try_wait().unwrap().is_none(), "watch never exits while the bus lives");
+        drop(daemon);
+    })
+    .await;
+}
+
 /// A helper mbsync starts (here a `PassCmd`) that outlives mbsync and keeps its stderr open must
 /// not keep the run alive: the run ends when mbsync does (plus a short drain).
 #[tokio::test]
