@@ -349,11 +349,11 @@ pub async fn watch(format: WatchFormat) -> Result<()> {
     loop {
         // The first call also starts the service by D-Bus activation where that is set up.
         match current_state(&watch.proxy).await {
-            Ok((all, auto)) => {
+            Ok(state) => {
                 if said_down {
                     watch.service(true)?;
                 }
-                watch.state(&all, auto)?;
+                watch.state(&state)?;
                 watch.follow().await?;
             }
             Err(err) => {
@@ -423,13 +423,17 @@ impl Watch {
         })
     }
 
-    fn state(&self, all: &BTreeMap<String, Value>, auto_takeover: bool) -> Result<()> {
+    fn state(&self, state: &State) -> Result<()> {
         if self.json() {
-            return Self::emit(
-                &json!({ "event": "state", "accounts": all, "auto_takeover": auto_takeover }).to_string(),
-            );
+            let line = json!({
+                "event": "state",
+                "accounts": state.accounts,
+                "auto_takeover": state.auto_takeover,
+                "auto_takeover_timeout": state.auto_takeover_timeout,
+            });
+            return Self::emit(&line.to_string());
         }
-        all.iter().try_for_each(|(name, r)| Self::emit(&human_line(name, r)))
+        state.accounts.iter().try_for_each(|(name, r)| Self::emit(&human_line(name, r)))
     }
 
     /// Print every change until the service's name loses its owner.
@@ -492,9 +496,20 @@ fn bus_gone() -> CliError {
     CliError { code: EXIT_NO_SERVICE, message: "the session bus went away".into() }
 }
 
-/// Every account's record and the `AutoTakeover` switch.
-async fn current_state(proxy: &ServiceProxy<'_>) -> zbus::Result<(BTreeMap<String, Value>, bool)> {
-    let all = proxy.get_all_progress().await?.iter().map(|(k, v)| (k.clone(), record_to_json(v))).collect();
-    let auto = proxy.auto_takeover().await?;
-    Ok((all, auto))
+/// What `watch`'s state line says: every account's record, the `AutoTakeover` switch and its
+/// timeout.
+struct State {
+    accounts: BTreeMap<String, Value>,
+    auto_takeover: bool,
+    auto_takeover_timeout: u32,
+}
+
+async fn current_state(proxy: &ServiceProxy<'_>) -> zbus::Result<State> {
+    let accounts =
+        proxy.get_all_progress().await?.iter().map(|(k, v)| (k.clone(), record_to_json(v))).collect();
+    Ok(State {
+        accounts,
+        auto_takeover: proxy.auto_takeover().await?,
+        auto_takeover_timeout: proxy.auto_takeover_timeout().await?,
+    })
 }

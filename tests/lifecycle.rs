@@ -326,7 +326,7 @@ async fn cli_status_watch_and_sync() {
 /// `watch --json` follows the service across restarts: started before the service it says it is
 /// down, then up with a fresh state when it comes; a SIGTERM and a kill -9 of the daemon mid-sync
 /// are `service up:false`, never an exit; the next daemon brings `up:true`, a state line and its
-/// progress; AutoTakeover changes come as their own events.
+/// progress; `AutoTakeover` changes come as their own events.
 #[tokio::test]
 async fn watch_follows_the_service_across_restarts() {
     with_timeout(async {
@@ -360,6 +360,7 @@ async fn watch_follows_the_service_across_restarts() {
         assert_eq!(state["event"], "state");
         assert_eq!(state["accounts"]["bob"]["state"], "idle");
         assert_eq!(state["auto_takeover"], false);
+        assert_eq!(state["auto_takeover_timeout"], 300);
 
         let conn = connect(bus.address()).await;
         service(&conn).await.set_auto_takeover(true).await.unwrap();

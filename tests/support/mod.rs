@@ -13,6 +13,7 @@ pub mod dovecot;
 pub mod mail;
 pub mod mbsync;
 pub mod notifications;
+pub mod nvim;
 pub mod process;
 pub mod proxy;
 pub mod sampler;
