@@ -82,3 +82,41 @@ async fn basic_takeover_isync14() {
 async fn basic_takeover_isync15() {
     basic_takeover(MbsyncVersion::Isync15).await;
 }
+
+/// Scenario 2, stuck sync, with `[A]uto` and the toggle seen by a second instance (the Lua side
+/// says what happens; a bare mbsync counts as stuck once it runs past `auto_takeover_timeout`).
+#[tokio::test]
+async fn stuck_sync_auto_takeover_and_the_toggle() {
+    with_timeout(async {
+        let tb = Testbed::new(SPEC);
+        write_service_config(&tb, "auto_takeover_timeout = 2\n");
+        let w = World::around(tb).await;
+        let sampler = Sampler::start(&w.tb.mbsyncrc());
+        w.tb.proxy.set_rate(Some(20_000));
+        let mut first = w.tb.spawn_mbsync(&["alice"]);
+        wait_external(&w, "alice").await;
+        let mut run = Run::start("test_stuck.lua", &[], w.bus.address(), &w.tb);
+        run.wait_step("again", LUA_TIMEOUT);
+        assert!(first.has_exited(), "the first bare mbsync was taken over");
+        // A second one, with new mail to fetch; the service takes it over by itself once it is
+        // overdue.
+        w.tb.dovecot.add_messages("alice", "INBOX", 300);
+        w.tb.proxy.set_rate(Some(20_000));
+        let mut second = w.tb.spawn_mbsync(&["alice"]);
+        wait_external(&w, "alice").await;
+        run.reply("started");
+        // Let the service's own run go at full speed once it has it.
+        wait_until("the service to take the second over", Duration::from_secs(20), || async {
+            get::<String>(&w.svc.get_progress("alice").await.unwrap(), "owner").as_deref() == Some("service")
+        })
+        .await;
+        w.tb.proxy.set_rate(None);
+        run.assert_passes(LUA_TIMEOUT);
+        assert!(second.has_exited(), "the second bare mbsync was taken over");
+        sampler.finish().assert_no_overlap();
+        w.tb.assert_in_sync("alice");
+        // AutoTakeover was set through the bus by the client: kept by the service.
+        assert!(!w.svc.auto_takeover().await.unwrap(), "toggled off at the end");
+    })
+    .await;
+}

@@ -22,7 +22,8 @@ local H = {
   redraw = nil,
   line = '',
   prompted = {}, -- run keys a prompt was shown for
-  external = {}, -- account -> run key of the external sync it showed last
+  external = {}, -- account -> info of the external sync it shows now
+  ended = {}, -- account -> info of an external sync that ended as the service would take it over
   taking = {}, -- accounts this instance asked the service to take over
   down_warned = false,
   timeout_warned = false,
@@ -37,7 +38,7 @@ function M.setup(opts)
   H.teardown()
   H.opts = c
   H.state = model.new()
-  H.line, H.prompted, H.external, H.taking = '', {}, {}, {}
+  H.line, H.prompted, H.external, H.ended, H.taking = '', {}, {}, {}, {}
   H.down_warned, H.timeout_warned = false, false
   H.sinks = ui.sinks(c)
   H.redraw = ui.redrawer(c.sync_handoff.progress_write_interval * 100, function()
@@ -146,7 +147,8 @@ function H.detect(name, record)
   end
   if model.is_external(record) then
     local info = model.external_info(name, record, os.time())
-    H.external[name] = info.key
+    H.external[name] = info
+    H.ended[name] = nil
     -- One prompt per external sync, and one more if it turns out stuck.
     local key = info.key .. (info.likely_stuck and ':stuck' or '')
     if H.prompted[key] or H.state.auto_takeover then
@@ -158,20 +160,23 @@ function H.detect(name, record)
     return
   end
   local was = H.external[name]
-  if not was then
-    return
+  if was then
+    H.external[name] = nil
+    if prompt.open_key() == was.key then
+      prompt.close() -- it ended or was taken over: nothing left to ask
+    end
+    -- A takeover shows as external -> idle (stopped) -> syncing (restarted), so what ended is
+    -- remembered until the service's run shows up. Only an overdue or stuck sync is taken over
+    -- by the service itself, and only with AutoTakeover on.
+    H.ended[name] = was.likely_stuck and H.state.auto_takeover and not H.taking[name] and was or nil
   end
-  H.external[name] = nil
-  if prompt.open_key() == was then
-    prompt.close() -- it ended or was taken over: nothing left to ask
+  if record and record.owner == 'service' and model.is_active(record) then
+    if H.ended[name] then
+      notify(('%s: the service took over the sync that ran elsewhere (AutoTakeover)'):format(name))
+    end
+    H.ended[name] = nil
+    H.taking[name] = nil
   end
-  if record and record.owner == 'service' and model.is_active(record) and not H.taking[name] then
-    notify(('%s: the service took over the sync that ran elsewhere%s'):format(
-      name,
-      H.state.auto_takeover and ' (AutoTakeover)' or ''
-    ))
-  end
-  H.taking[name] = nil
 end
 
 -- Argument completion for the commands: the accounts the service knows.
@@ -308,8 +313,9 @@ end
 
 -- Report a takeover or handoff that ended; AlreadySyncing (another instance won) is success.
 local function report(account, r, on_done)
-  if not (r.ok or r.error == 'AlreadySyncing') then
-    H.taking[account] = nil -- H.detect clears it when the service's run shows up
+  -- H.detect clears it when the service's run shows up; if that came first, clear it here.
+  if not (r.ok or r.error == 'AlreadySyncing') or not model.is_external(H.state.accounts[account]) then
+    H.taking[account] = nil
   end
   if r.ok then
     notify(r.message ~= '' and r.message or (account .. ': the service runs the sync now'))
