@@ -43,7 +43,7 @@ async fn basic_takeover(version: MbsyncVersion) {
         for holder in ["bare", "exec"] {
             w.tb.proxy.set_rate(Some(60_000));
             let sampler = Sampler::start(&w.tb.mbsyncrc());
-            let mut outside = match holder {
+            let outside = match holder {
                 "bare" => w.tb.spawn_mbsync(&["alice"]),
                 _ => spawn_exec(Some(w.bus.address()), &w.tb.env(), &["alice"]),
             };
@@ -62,7 +62,7 @@ async fn basic_takeover(version: MbsyncVersion) {
                 _ => {
                     done.assert_code(0, "the exec holder after its handoff");
                 }
-            };
+            }
             sampler.finish().assert_no_overlap();
             w.tb.assert_in_sync("alice");
             // The next round starts from an empty local store again.
@@ -117,6 +117,128 @@ async fn stuck_sync_auto_takeover_and_the_toggle() {
         w.tb.assert_in_sync("alice");
         // AutoTakeover was set through the bus by the client: kept by the service.
         assert!(!w.svc.auto_takeover().await.unwrap(), "toggled off at the end");
+    })
+    .await;
+}
+
+/// Scenario 3, progress sharing: two instances, one sync, the same status lines.
+#[tokio::test]
+async fn two_instances_show_the_same_progress() {
+    with_timeout(async {
+        let w = World::start(SPEC).await;
+        w.tb.proxy.set_rate(Some(150_000));
+        Run::start("test_sharing.lua", &[], w.bus.address(), &w.tb).assert_passes(LUA_TIMEOUT);
+        w.tb.assert_in_sync("alice");
+    })
+    .await;
+}
+
+/// Scenario 4 and 5, rapid switching and cleanup: instances start and quit quickly (some at
+/// once, some before they saw anything) while a sync runs; none leaves a process behind, the
+/// sync is unharmed and exact, and never two mbsync.
+#[tokio::test]
+async fn rapid_switching_leaves_nothing_and_the_sync_unharmed() {
+    with_timeout(async {
+        let w = World::start(SPEC).await;
+        let sampler = Sampler::start(&w.tb.mbsyncrc());
+        w.tb.proxy.set_rate(Some(60_000));
+        let mut finished = w.svc.receive_sync_finished().await.unwrap();
+        w.svc.sync("alice").await.unwrap();
+        for round in 0..4 {
+            let stays = [0, 50 * round + 10, 200];
+            let runs: Vec<Run> = stays
+                .iter()
+                .map(|ms| Run::start("test_quick.lua", &[&ms.to_string()], w.bus.address(), &w.tb))
+                .collect();
+            for run in runs {
+                run.assert_passes(LUA_TIMEOUT);
+            }
+        }
+        assert_eq!(
+            get::<String>(&w.svc.get_progress("alice").await.unwrap(), "state").as_deref(),
+            Some("syncing"),
+            "the sync runs on"
+        );
+        w.tb.proxy.set_rate(None);
+        let end = tokio::time::timeout(Duration::from_secs(60), futures_util::StreamExt::next(&mut finished))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(end.args().unwrap().ok, "{}", end.args().unwrap().message);
+        sampler.finish().assert_no_overlap();
+        w.tb.assert_in_sync("alice");
+    })
+    .await;
+}
+
+/// The service restarts mid-sync: the client's status line recovers by itself.
+#[tokio::test]
+async fn the_status_line_recovers_when_the_service_restarts() {
+    with_timeout(async {
+        let World { svc: _svc, conn: _conn, mut daemon, bus, tb } = World::start(SPEC).await;
+        tb.proxy.set_rate(Some(60_000));
+        let mut run = Run::start("test_restart.lua", &[], bus.address(), &tb);
+        run.wait_step("syncing", LUA_TIMEOUT);
+        assert_eq!(daemon.stop("TERM", Duration::from_secs(15)).code(), Some(0));
+        tb.proxy.set_rate(None);
+        let _daemon = Daemon::start(bus.address(), &tb.env(), &tb.dir.path().join("daemon2.log")).await;
+        run.reply("restarted");
+        run.assert_passes(LUA_TIMEOUT);
+        tb.assert_in_sync("alice");
+    })
+    .await;
+}
+
+/// No binary, then no service: one message each, and recovery when the service appears.
+#[tokio::test]
+async fn no_binary_and_no_service_are_one_message_each() {
+    with_timeout(async {
+        let tb = Testbed::new(&[("bob", "INBOX", 20)]);
+        let bus = PrivateBus::start(None);
+        let mut run = Run::start("test_down.lua", &[], bus.address(), &tb);
+        run.wait_step("waiting", LUA_TIMEOUT);
+        let _daemon = Daemon::start(bus.address(), &tb.env(), &tb.dir.path().join("daemon.log")).await;
+        run.reply("started");
+        run.assert_passes(LUA_TIMEOUT);
+        tb.assert_in_sync("bob");
+    })
+    .await;
+}
+
+/// The commands: completion, external info, handoff, `AlreadySyncing`, cancel, takeover of a bare
+/// mbsync, and a failure's reason.
+#[tokio::test]
+async fn the_commands() {
+    with_timeout(async {
+        let w = World::start(SPEC).await;
+        let sampler = Sampler::start(&w.tb.mbsyncrc());
+        w.tb.proxy.set_rate(Some(30_000));
+        let holder = spawn_exec(Some(w.bus.address()), &w.tb.env(), &["alice"]);
+        wait_external(&w, "alice").await;
+        let mut run = Run::start("test_commands.lua", &[], w.bus.address(), &w.tb);
+        run.wait_step("bare", LUA_TIMEOUT);
+        holder.wait(Duration::from_secs(10)).assert_code(0, "the holder after its handoff");
+        let _bare = w.tb.spawn_mbsync(&["alice"]);
+        wait_external(&w, "alice").await;
+        run.reply("started");
+        run.wait_step("break", LUA_TIMEOUT);
+        w.tb.proxy.set_rate(None);
+        w.tb.set_password("bob", "wrong");
+        run.reply("broken");
+        run.assert_passes(LUA_TIMEOUT);
+        sampler.finish().assert_no_overlap();
+        w.tb.assert_in_sync("alice");
+    })
+    .await;
+}
+
+/// fidget.nvim (a recording stand-in on the runtimepath) gets the progress.
+#[tokio::test]
+async fn progress_goes_to_fidget() {
+    with_timeout(async {
+        let w = World::start(SPEC).await;
+        w.tb.proxy.set_rate(Some(150_000));
+        Run::start("test_fidget.lua", &[], w.bus.address(), &w.tb).assert_passes(LUA_TIMEOUT);
     })
     .await;
 }

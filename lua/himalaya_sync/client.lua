@@ -187,7 +187,8 @@ function M.result(code, stdout, stderr)
     ok = code == 0,
     code = code,
     error = stderr:match('org%.himalaya%.Sync%.Error%.(%a+)'),
-    message = message,
+    -- People get the words; the error name is in `error`.
+    message = (message:gsub('^org%.himalaya%.Sync%.Error%.%a+: ', '')),
     stdout = stdout,
   }
 end

@@ -69,14 +69,23 @@ function Sinks:progress(name, record)
   self.running[name] = own or nil
 end
 
---- A supervised sync ended. Failures always reach vim.notify (fidget shows progress, not errors).
+--- A supervised sync ended. Failures always reach vim.notify (fidget shows progress, not errors);
+--- a cancelled or interrupted run (the service stopped; it resumes the run when it is back) is no
+--- failure: the record that came just before says which it was.
 function Sinks:finished(name, ok, message, record)
   self.running[name] = nil
-  if not ok and message ~= 'sync cancelled' then
+  local result = record and record.last_result
+  if ok then
+    if self.notify and not self.fidget then
+      local counts = record and record.messages_total
+          and (' (%d/%d emails)'):format(record.messages_done or 0, record.messages_total)
+        or ''
+      notify(('%s: %s%s'):format(name, message, counts))
+    end
+  elseif result == 'interrupted' then
+    notify(('%s: %s'):format(name, message))
+  elseif result ~= 'cancelled' then
     notify(('%s: sync failed: %s'):format(name, message), vim.log.levels.ERROR)
-  elseif ok and self.notify and not self.fidget then
-    local counts = record and record.messages_total and (' (%d/%d emails)'):format(record.messages_done or 0, record.messages_total) or ''
-    notify(('%s: %s%s'):format(name, message, counts))
   end
 end
 
