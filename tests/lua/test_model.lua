@@ -146,4 +146,18 @@ T.case('the client parses command results', function()
   T.eq(client.result(0, 'on\n', '').message, 'on')
 end)
 
+T.case(':help himalaya-sync finds the help file and its tags', function()
+  local rt = vim.fn.tempname()
+  vim.fn.mkdir(rt .. '/doc', 'p')
+  vim.fn.writefile(vim.fn.readfile(T.repo .. '/doc/himalaya-sync.txt'), rt .. '/doc/himalaya-sync.txt')
+  vim.cmd('helptags ' .. rt .. '/doc') -- fails on a duplicate tag
+  vim.opt.rtp:prepend(rt)
+  for _, tag in ipairs({ 'himalaya-sync', 'himalaya-sync-options', ':HimalayaTakeoverSync', 'HimalayaSyncProgress' }) do
+    vim.cmd('help ' .. tag)
+    T.matches(vim.api.nvim_buf_get_name(0), 'himalaya%-sync%.txt$', tag)
+    vim.cmd('helpclose')
+  end
+  vim.fn.delete(rt, 'rf')
+end)
+
 T.finish()
