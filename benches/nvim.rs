@@ -38,7 +38,7 @@ fn now_us() -> f64 {
 fn idle_wakeups(run: &mut Run) -> (u64, Option<u64>) {
     run.wait_step("idle", Duration::from_secs(200));
     std::thread::sleep(Duration::from_millis(500));
-    let pid = run.spawned.pid();
+    let pid = run.pid();
     let watch = marked_pids(run.dir.path())
         .into_iter()
         .find(|(_, cmd)| cmd.contains(" watch --json"))
@@ -92,7 +92,7 @@ async fn run() {
     }
     let (plugin_idle, watch_idle) = idle_wakeups(&mut run);
     let dir = run.dir.path().to_owned();
-    let done = run.spawned.wait(Duration::from_secs(30));
+    let done = run.wait(Duration::from_secs(30));
     assert_eq!(done.code(), Some(0), "{}\n{}", done.stdout, done.stderr);
     let seen: Vec<serde_json::Value> =
         serde_json::from_str(&std::fs::read_to_string(dir.join("latency.json")).unwrap()).unwrap();
@@ -115,7 +115,7 @@ async fn run() {
 
     let mut base = Run::start("bench_nvim.lua", &["baseline"], bus.address(), &tb);
     let (baseline_idle, _) = idle_wakeups(&mut base);
-    base.spawned.wait(Duration::from_secs(30));
+    base.wait(Duration::from_secs(30));
     println!(
         "idle over {IDLE:?}: Neovim with the plugin {plugin_idle} wakeups, its watch job {}, plain Neovim (baseline) {baseline_idle}   budget: the plugin adds no more than the watch job",
         watch_idle.map_or_else(|| "not found".to_owned(), |w| w.to_string())

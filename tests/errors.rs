@@ -268,16 +268,24 @@ async fn missing_mbsync_is_mbsync_missing() {
 }
 
 /// No service on the bus: the CLI says so and exits 3 (scripts tell it from a failed sync).
+/// `watch` waits for the service instead (lifecycle.rs), and exits 3 only without a bus at all.
 #[tokio::test]
 async fn cli_without_a_service_exits_3() {
     with_timeout(async {
         let tb = Testbed::new(&[("bob", "INBOX", 1)]);
         let bus = PrivateBus::start(None);
-        for args in [&["status"][..], &["sync", "bob"], &["watch", "--json"]] {
+        for args in [&["status"][..], &["sync", "bob"]] {
             let out = support::daemon::run_cli(bus.address(), &tb.env(), args);
             assert_eq!(out.status.code(), Some(3), "{args:?}: {out:?}");
             let stderr = String::from_utf8_lossy(&out.stderr);
             assert!(stderr.contains("ServiceUnknown"), "{args:?}: {stderr}");
+        }
+        let nowhere = format!("unix:path={}", tb.dir.path().join("no-bus").display());
+        for args in [&["status"][..], &["watch", "--json"]] {
+            let out = support::daemon::run_cli(&nowhere, &tb.env(), args);
+            assert_eq!(out.status.code(), Some(3), "{args:?} without a bus: {out:?}");
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(stderr.contains("cannot connect to the session bus"), "{args:?}: {stderr}");
         }
     })
     .await;

@@ -128,6 +128,7 @@ async fn two_instances_show_the_same_progress() {
         let w = World::start(SPEC).await;
         w.tb.proxy.set_rate(Some(150_000));
         Run::start("test_sharing.lua", &[], w.bus.address(), &w.tb).assert_passes(LUA_TIMEOUT);
+        assert!(w.svc.auto_takeover().await.unwrap(), "setup() wrote AutoTakeover");
         w.tb.assert_in_sync("alice");
     })
     .await;

@@ -154,9 +154,12 @@ function H.detect(name, record)
     if H.prompted[key] or H.state.auto_takeover then
       return
     end
-    H.prompted[key] = true
-    H.prompted[info.key] = true
-    M.show_takeover_prompt(info)
+    -- A window cannot open under textlock (the command line, a completion menu): then the next
+    -- change of this sync tries again.
+    if pcall(M.show_takeover_prompt, info) then
+      H.prompted[key] = true
+      H.prompted[info.key] = true
+    end
     return
   end
   local was = H.external[name]

@@ -21,6 +21,14 @@ T.case('completion and :HimalayaExternalSyncInfo', function()
   vim.cmd('HimalayaExternalSyncInfo')
   T.eq(#T.notified(notes, 'syncs that run elsewhere:\nalice: [^\n]*mbsync[^\n]*, PID %d+, running %d%d:%d%d'), 1)
   T.ok(prompt.window() == nil, 'no prompt with sync_handoff.enabled = false')
+  -- show_takeover_prompt() still shows one when asked.
+  local win = hs.show_takeover_prompt()
+  T.ok(win and vim.api.nvim_win_is_valid(win), 'show_takeover_prompt() opens the prompt')
+  local _, buf = prompt.window()
+  T.matches(table.concat(vim.api.nvim_buf_get_lines(buf, 0, -1, false), '\n'), 'Account: alice')
+  vim.api.nvim_feedkeys('n', 'x', false)
+  T.ok(prompt.window() == nil, 'N closes it')
+  T.eq(state('alice'), 'external', 'N keeps it running')
 end)
 
 T.case(':HimalayaRequestHandoff hands the holder over', function()
@@ -37,7 +45,7 @@ end)
 T.case(':HimalayaSync of a running account, then :HimalayaSyncCancel', function()
   vim.cmd('HimalayaSync alice')
   T.wait('AlreadySyncing', 5000, function()
-    return #T.notified(notes, 'AlreadySyncing') == 1
+    return #T.notified(notes, 'alice: account "alice" is already being synced by this service') == 1
   end)
   vim.cmd('HimalayaSyncCancel')
   T.wait('the cancel', 15000, function()

@@ -29,7 +29,7 @@ T.case('no service yet: one warning, then it recovers by itself', function()
   T.wait('the service', 10000, function()
     return hs.status().up == true and hs.progress('bob') ~= nil
   end)
-  T.eq(#T.notified(notes, 'the service is back'), 1)
+  T.eq(#T.notified(notes, '%) the service is back$'), 1)
   vim.cmd('HimalayaSync bob')
   T.wait('the sync to end', 30000, function()
     local r = hs.progress('bob')

@@ -1,7 +1,7 @@
 -- Scenario 3, progress sharing: two Neovim instances follow one supervised sync and show the
 -- same status lines, in the same order, to the same end.
 local T = dofile(os.getenv('HIMALAYA_SYNC_REPO') .. '/tests/lua/helpers.lua')
-T.record_notify()
+local notes = T.record_notify()
 local hs = require('himalaya_sync')
 local RECORD = [[
   _G.lines = {}
@@ -13,13 +13,18 @@ local RECORD = [[
 
 T.case('two instances show the same counts during one sync', function()
   loadstring(RECORD)()
-  hs.setup({ bin = T.bin, accounts = { 'alice' } })
+  -- The plan's auto_takeover is written to the service at setup; its timeout is the service's.
+  hs.setup({ bin = T.bin, accounts = { 'alice' }, sync_handoff = { auto_takeover = true, auto_takeover_timeout = 60 } })
   local child = T.child()
   child.lua(RECORD)
   child.lua('require("himalaya_sync").setup(...)', { bin = T.bin, accounts = { 'alice' } })
   T.wait('both instances to see the service', 10000, function()
     return hs.status().up and child.lua('return require("himalaya_sync").status().up')
   end)
+  T.wait('AutoTakeover on in the other instance', 5000, function()
+    return child.lua('return require("himalaya_sync").status().auto_takeover') == true
+  end)
+  T.eq(#T.notified(notes, 'auto_takeover_timeout is 60 s, but the service decides and uses 300 s'), 1)
   vim.cmd('HimalayaSync alice')
   T.wait('a count here', 20000, function()
     return hs.statusline():find('^Syncing alice: %d+/%d+ emails$') ~= nil

@@ -8,6 +8,13 @@ local notes = T.record_notify()
 local hs = require('himalaya_sync')
 local prompt = require('himalaya_sync.prompt')
 
+local shown = 0
+local show = prompt.show
+prompt.show = function(...)
+  shown = shown + 1
+  return show(...)
+end
+
 local function prompt_text()
   local _, buf = prompt.window()
   return buf and table.concat(vim.api.nvim_buf_get_lines(buf, 0, -1, false), '\n') or nil
@@ -36,6 +43,8 @@ T.case('a first prompt, then a stuck warning with the auto-takeover suggestion',
   T.eq(hs.analyze_external_sync().likely_stuck, true)
   T.matches(hs.statusline(), '^Syncing %(external%) alice.*%(stuck%)$')
   T.eq(hs.status().auto_takeover, false)
+  vim.wait(1500) -- more progress of the same sync: no further prompt
+  T.eq(shown, first:find('appears stuck') and 1 or 2, 'one prompt per sync, one more once stuck')
 end)
 
 T.case('A: AutoTakeover on everywhere, and this sync taken over', function()

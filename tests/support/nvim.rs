@@ -47,7 +47,7 @@ pub fn program() -> PathBuf {
 /// One headless Neovim run of a Lua test script.
 pub struct Run {
     pub dir: tempfile::TempDir,
-    pub spawned: Spawned,
+    spawned: Option<Spawned>,
 }
 
 impl Run {
@@ -72,7 +72,21 @@ impl Run {
             .env("HIMALAYA_SYNC_TEST_MARK", dir.path())
             .env("MBSYNC", tb.mbsync_program());
         let spawned = Spawned::spawn(&format!("nvim -l {script}"), &mut cmd);
-        Run { dir, spawned }
+        Run { dir, spawned: Some(spawned) }
+    }
+
+    fn spawned(&mut self) -> &mut Spawned {
+        self.spawned.as_mut().expect("Neovim still runs")
+    }
+
+    /// Neovim's pid.
+    pub fn pid(&mut self) -> u32 {
+        self.spawned().pid()
+    }
+
+    /// Wait for Neovim's end, whatever its cases said.
+    pub fn wait(mut self, timeout: Duration) -> Finished {
+        self.spawned.take().expect("Neovim still runs").wait(timeout)
     }
 
     /// Whether Lua reached `step` (see the module doc).
@@ -84,18 +98,8 @@ impl Run {
     pub fn wait_step(&mut self, step: &str, timeout: Duration) {
         let start = std::time::Instant::now();
         while !self.reached(step) {
-            assert!(
-                !self.spawned.has_exited(),
-                "Neovim exited before {step}:\n{}\n{}",
-                self.spawned.stdout_so_far(),
-                self.spawned.stderr_so_far()
-            );
-            assert!(
-                start.elapsed() < timeout,
-                "Neovim did not reach {step} in {timeout:?}:\n{}\n{}",
-                self.spawned.stdout_so_far(),
-                self.spawned.stderr_so_far()
-            );
+            assert!(!self.spawned().has_exited(), "Neovim exited before {step}");
+            assert!(start.elapsed() < timeout, "Neovim did not reach {step} in {timeout:?}");
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -109,13 +113,26 @@ impl Run {
     /// Neovim left no process behind.
     pub fn assert_passes(self, timeout: Duration) -> Finished {
         let mark = self.dir.path().to_owned();
-        let done = self.spawned.wait(timeout);
+        let done = self.wait(timeout);
         println!("{}", done.stdout);
         eprintln!("{}", done.stderr);
         assert_eq!(done.code(), Some(0), "the Lua cases failed:\n{}\n{}", done.stdout, done.stderr);
         assert!(done.stdout.contains(" passed, 0 failed"), "no case ran:\n{}", done.stdout);
         assert_no_leftovers(&mark);
         done
+    }
+}
+
+impl Drop for Run {
+    /// A test that panics while Neovim runs shows what the Lua side had said so far.
+    fn drop(&mut self) {
+        if let Some(spawned) = self.spawned.as_ref().filter(|_| std::thread::panicking()) {
+            eprintln!(
+                "--- Neovim (tests/lua) so far ---\n{}\n{}",
+                spawned.stdout_so_far(),
+                spawned.stderr_so_far()
+            );
+        }
     }
 }
 
