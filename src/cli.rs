@@ -114,10 +114,8 @@ pub fn human_line(account: &str, r: &Value) -> String {
     if let (Some(done), Some(total)) = (n("messages_done"), n("messages_total")) {
         parts.push(format!("{done}/{total} messages"));
     }
-    if let Some(p) = r.get("percent").and_then(Value::as_f64)
-        && s("state") != Some("idle")
-    {
-        parts.push(format!("{p:.0}%"));
+    if let Some(p) = crate::bar::whole_percent(r).filter(|_| s("state") != Some("idle")) {
+        parts.push(format!("{p}%"));
     }
     if let Some(mailbox) = s("mailbox").filter(|_| s("state") == Some("syncing")) {
         parts.push(mailbox.to_owned());
@@ -325,12 +323,26 @@ pub async fn status(account: Option<&str>, as_json: bool) -> Result<()> {
 }
 
 /// How `watch` prints.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WatchFormat {
     /// One line per change for people.
     Human,
     /// One JSON object per line.
     Json,
+    /// waybar's custom-module objects, one per change of what the bar shows.
+    Waybar,
+    /// A template with `{account} {state} {done} {total} {percent} {mailbox} {rate} {eta}`,
+    /// one line per change of what the bar shows (polybar, i3blocks, tmux).
+    Template(String),
+}
+
+/// What `watch` saw, to print in its format.
+enum Seen<'a> {
+    Service(bool),
+    State(&'a State),
+    Progress(&'a str, Value),
+    Finished(&'a str, bool, &'a str),
+    AutoTakeover(bool),
 }
 
 /// `watch [--json]`: the current state, then one line per change, for as long as the bus lives.
@@ -380,6 +392,10 @@ struct Watch {
     finished: SyncFinishedStream,
     changed: zbus::fdo::PropertiesChangedStream,
     format: WatchFormat,
+    /// For bars: every account's last record, whether the service answers, the last line.
+    records: BTreeMap<String, Value>,
+    up: bool,
+    last_bar: Option<String>,
 }
 
 impl Watch {
@@ -400,6 +416,9 @@ impl Watch {
             changed: props.receive_properties_changed().await?,
             proxy,
             format,
+            records: BTreeMap::new(),
+            up: false,
+            last_bar: None,
         })
     }
 
@@ -411,29 +430,79 @@ impl Watch {
             .map_err(|_| CliError { code: 0, message: String::new() })
     }
 
-    fn json(&self) -> bool {
-        self.format == WatchFormat::Json
+    fn service(&mut self, up: bool) -> Result<()> {
+        self.show(Seen::Service(up))
     }
 
-    fn service(&self, up: bool) -> Result<()> {
-        Self::emit(&match (self.json(), up) {
-            (true, up) => json!({ "event": "service", "up": up }).to_string(),
-            (false, true) => "service: back".to_owned(),
-            (false, false) => "service: not running; waiting for it".to_owned(),
-        })
+    fn state(&mut self, state: &State) -> Result<()> {
+        self.show(Seen::State(state))
     }
 
-    fn state(&self, state: &State) -> Result<()> {
-        if self.json() {
-            let line = json!({
+    /// Print what was seen in the watch's format. Bars print only when their line changes.
+    fn show(&mut self, seen: Seen<'_>) -> Result<()> {
+        let line = match (&self.format, seen) {
+            (WatchFormat::Json, Seen::Service(up)) => json!({ "event": "service", "up": up }).to_string(),
+            (WatchFormat::Json, Seen::State(state)) => json!({
                 "event": "state",
                 "accounts": state.accounts,
                 "auto_takeover": state.auto_takeover,
                 "auto_takeover_timeout": state.auto_takeover_timeout,
-            });
-            return Self::emit(&line.to_string());
+            })
+            .to_string(),
+            (WatchFormat::Json, Seen::Progress(account, record)) => {
+                json!({ "event": "progress", "account": account, "progress": record }).to_string()
+            }
+            (WatchFormat::Json, Seen::Finished(account, ok, message)) => {
+                json!({ "event": "finished", "account": account, "ok": ok, "message": message }).to_string()
+            }
+            (WatchFormat::Json, Seen::AutoTakeover(on)) => {
+                json!({ "event": "auto_takeover", "on": on }).to_string()
+            }
+            (WatchFormat::Human, Seen::Service(true)) => "service: back".to_owned(),
+            (WatchFormat::Human, Seen::Service(false)) => "service: not running; waiting for it".to_owned(),
+            (WatchFormat::Human, Seen::State(state)) => {
+                return state.accounts.iter().try_for_each(|(name, r)| Self::emit(&human_line(name, r)));
+            }
+            (WatchFormat::Human, Seen::Progress(account, record)) => human_line(account, &record),
+            (WatchFormat::Human, Seen::Finished(account, ok, message)) => {
+                format!("{account}: {} ({message})", if ok { "finished" } else { "failed" })
+            }
+            (WatchFormat::Human, Seen::AutoTakeover(on)) => {
+                format!("auto-takeover: {}", if on { "on" } else { "off" })
+            }
+            (_, seen) => match self.bar_line(seen) {
+                Some(line) => line,
+                None => return Ok(()),
+            },
+        };
+        Self::emit(&line)
+    }
+
+    /// A bar's new line, if what it shows changed.
+    fn bar_line(&mut self, seen: Seen<'_>) -> Option<String> {
+        match seen {
+            Seen::Service(up) => self.up = up,
+            Seen::State(state) => {
+                self.up = true;
+                self.records.clone_from(&state.accounts);
+            }
+            Seen::Progress(account, record) => {
+                self.records.insert(account.to_owned(), record);
+            }
+            Seen::Finished(..) | Seen::AutoTakeover(_) => return None,
         }
-        state.accounts.iter().try_for_each(|(name, r)| Self::emit(&human_line(name, r)))
+        let line = match &self.format {
+            WatchFormat::Template(template) => match (self.up, crate::bar::most_relevant(&self.records)) {
+                (true, Some((account, r))) => crate::bar::render(template, account, r),
+                _ => String::new(),
+            },
+            _ => crate::bar::waybar(&self.records, self.up).to_string(),
+        };
+        if self.last_bar.as_ref() == Some(&line) {
+            return None;
+        }
+        self.last_bar = Some(line.clone());
+        Some(line)
     }
 
     /// Print every change until the service's name loses its owner.
@@ -445,30 +514,17 @@ impl Watch {
                 biased;
                 Some(signal) = self.progress.next() => {
                     let Ok(args) = signal.args() else { continue };
-                    let record = record_to_json(&args.progress);
-                    Self::emit(&if self.json() {
-                        json!({ "event": "progress", "account": args.account, "progress": record }).to_string()
-                    } else {
-                        human_line(args.account, &record)
-                    })?;
+                    self.show(Seen::Progress(args.account, record_to_json(&args.progress)))?;
                 }
                 Some(signal) = self.finished.next() => {
                     let Ok(args) = signal.args() else { continue };
-                    Self::emit(&if self.json() {
-                        json!({ "event": "finished", "account": args.account, "ok": args.ok, "message": args.message }).to_string()
-                    } else {
-                        format!("{}: {} ({})", args.account, if args.ok { "finished" } else { "failed" }, args.message)
-                    })?;
+                    self.show(Seen::Finished(args.account, args.ok, args.message))?;
                 }
                 Some(signal) = self.changed.next() => {
                     let Ok(args) = signal.args() else { continue };
                     let on = args.changed_properties.get("AutoTakeover").and_then(|v| v.downcast_ref::<bool>().ok());
                     if let (Some(on), "org.himalaya.Sync") = (on, args.interface_name.as_str()) {
-                        Self::emit(&if self.json() {
-                            json!({ "event": "auto_takeover", "on": on }).to_string()
-                        } else {
-                            format!("auto-takeover: {}", if on { "on" } else { "off" })
-                        })?;
+                        self.show(Seen::AutoTakeover(on))?;
                     }
                 }
                 new_owner = self.owner.next() => match new_owner {

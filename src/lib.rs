@@ -1,12 +1,13 @@
 //! himalaya-sync: a per-user D-Bus service that runs and watches `mbsync` (isync) syncs and
 //! publishes their live progress on the session bus.
 //!
-//! Layout: pure logic ([`parser`], [`progress`], [`throttle`], [`names`], [`mbsyncrc`],
+//! Layout: pure logic ([`parser`], [`progress`], [`throttle`], [`names`], [`mbsyncrc`], [`bar`],
 //! [`mbsync_args`], [`config`]) has no I/O; [`mbsync_check`] asks the installed mbsync about its
 //! config; [`runner`] drives one mbsync process; [`core`] owns accounts and runs and knows
 //! nothing of D-Bus; [`bus`] is the thin D-Bus layer; [`cli`] holds the client subcommands.
 
 pub mod alerts;
+pub mod bar;
 pub mod bus;
 pub mod cli;
 pub mod config;

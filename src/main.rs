@@ -108,8 +108,15 @@ enum Command {
     /// across restarts and ends only when the bus does.
     Watch {
         /// One JSON object per line.
-        #[arg(long)]
+        #[arg(long, conflicts_with_all = ["waybar", "format"])]
         json: bool,
+        /// waybar's custom-module objects (text, tooltip, class, percentage), one per change.
+        #[arg(long, conflicts_with = "format")]
+        waybar: bool,
+        /// One line per change from a template (polybar, i3blocks, tmux): {account} {state}
+        /// {done} {total} {percent} {mailbox} {rate} {eta}; unknown ones render empty.
+        #[arg(long, value_name = "TEMPLATE")]
+        format: Option<String>,
     },
 }
 
@@ -136,8 +143,14 @@ async fn run(command: Command) -> ExitCode {
         Command::Sync { account, no_wait, quiet } => cli::sync(&account, no_wait, quiet).await,
         Command::Cancel { account } => cli::cancel(&account).await,
         Command::Status { account, json } => cli::status(account.as_deref(), json).await,
-        Command::Watch { json } => {
-            cli::watch(if json { cli::WatchFormat::Json } else { cli::WatchFormat::Human }).await
+        Command::Watch { json, waybar, format } => {
+            cli::watch(match (json, waybar, format) {
+                (true, ..) => cli::WatchFormat::Json,
+                (_, true, _) => cli::WatchFormat::Waybar,
+                (_, _, Some(template)) => cli::WatchFormat::Template(template),
+                _ => cli::WatchFormat::Human,
+            })
+            .await
         }
         Command::Takeover { account, no_wait, quiet } => {
             cli::take_over(&account, cli::Takeover::Force, no_wait, quiet).await

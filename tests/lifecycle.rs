@@ -412,6 +412,101 @@ async fn watch_follows_the_service_across_restarts() {
     .await;
 }
 
+/// `watch --waybar` and `watch --format` through a sync, a failure and a service restart: valid
+/// waybar JSON with the right class every line, the template filled in, no exit on restart.
+#[tokio::test]
+async fn watch_for_status_bars() {
+    with_timeout(async {
+        let World { svc, conn, mut daemon, bus, tb } = World::start(&[("bob", "INBOX", 200)]).await;
+        let spawn = |args: &[&str]| {
+            tokio::process::Command::new(BIN)
+                .args(args)
+                .env_clear()
+                .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+                .env("DBUS_SESSION_BUS_ADDRESS", bus.address())
+                .stdout(std::process::Stdio::piped())
+                .kill_on_drop(true)
+                .spawn()
+                .unwrap()
+        };
+        let lines = |child: &mut tokio::process::Child| {
+            tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(child.stdout.take().unwrap()))
+        };
+        let mut waybar = spawn(&["watch", "--waybar"]);
+        let mut bar_lines = lines(&mut waybar);
+        let mut format = spawn(&["watch", "--format", "{account} {state} {done}/{total} {percent}"]);
+        let mut format_lines = lines(&mut format);
+        type Lines = tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>;
+        async fn until(lines: &mut Lines, what: &str, mut pred: impl FnMut(&str) -> bool) -> Vec<String> {
+            let mut seen = Vec::new();
+            loop {
+                let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+                    .await
+                    .unwrap_or_else(|_| panic!("no line for {what} in 30 s; saw {seen:#?}"))
+                    .unwrap()
+                    .expect("watch is still running");
+                let done = pred(&line);
+                seen.push(line);
+                if done {
+                    return seen;
+                }
+            }
+        }
+        let bar = |line: &str| -> serde_json::Value { serde_json::from_str(line).expect("waybar JSON") };
+        let first = until(&mut bar_lines, "the first bar", |_| true).await;
+        assert_eq!(bar(&first[0])["class"], "idle");
+        assert_eq!(bar(&first[0])["text"], "");
+        assert!(bar(&first[0])["tooltip"].as_str().unwrap().contains("bob: idle"), "{}", first[0]);
+
+        // A sync: syncing with counts, then idle again; the template follows it.
+        tb.proxy.set_rate(Some(40_000));
+        svc.sync("bob").await.unwrap();
+        let seen = until(&mut bar_lines, "the sync's end", |l| bar(l)["class"] == "idle").await;
+        let syncing: Vec<serde_json::Value> =
+            seen.iter().map(|l| bar(l)).filter(|b| b["class"] == "syncing").collect();
+        assert!(!syncing.is_empty(), "{seen:#?}");
+        assert!(syncing.iter().any(|b| b["text"].as_str().unwrap().starts_with("bob ")), "{seen:#?}");
+        for b in &syncing {
+            if let Some(p) = b.get("percentage") {
+                assert!(p.as_u64().unwrap() < 100, "never 100 before the end: {b}");
+            }
+        }
+        // 100 only once the run ended well.
+        let seen = until(&mut format_lines, "the template's end", |l| l == "bob idle 200/200 100").await;
+        assert!(seen.iter().any(|l| l.starts_with("bob syncing ")), "{seen:#?}");
+        assert!(!seen.iter().any(|l| l.starts_with("bob syncing ") && l.ends_with(" 100")), "{seen:#?}");
+        assert!(seen.windows(2).all(|w| w[0] != w[1]), "a line only when it changes: {seen:#?}");
+
+        // A failure.
+        tb.proxy.set_rate(None);
+        tb.set_password("bob", "wrong");
+        svc.sync("bob").await.unwrap();
+        let seen = until(&mut bar_lines, "the failure", |l| bar(l)["class"] == "failed").await;
+        let failed = bar(seen.last().unwrap());
+        assert_eq!(failed["text"], "bob failed");
+        assert!(failed["tooltip"].as_str().unwrap().contains("AUTHENTICATIONFAILED"), "{failed}");
+        until(&mut format_lines, "the failure", |l| l.starts_with("bob failed")).await;
+
+        // A restart: a line for the service gone, then the state again; no exit.
+        assert_eq!(daemon.stop("TERM", Duration::from_secs(15)).code(), Some(0));
+        let seen = until(&mut bar_lines, "the service gone", |l| {
+            bar(l)["tooltip"] == "himalaya-sync: the service is not running"
+        })
+        .await;
+        assert_eq!(bar(seen.last().unwrap())["text"], "");
+        until(&mut format_lines, "the service gone", str::is_empty).await;
+        let _daemon = Daemon::start(bus.address(), &tb.env(), &tb.dir.path().join("daemon2.log")).await;
+        until(&mut bar_lines, "the service back", |l| {
+            bar(l)["tooltip"].as_str().unwrap().contains("bob: failed")
+        })
+        .await;
+        until(&mut format_lines, "the service back", |l| l.starts_with("bob failed")).await;
+        assert!(waybar.try_wait().unwrap().is_none() && format.try_wait().unwrap().is_none());
+        drop(conn);
+    })
+    .await;
+}
+
 /// A helper mbsync starts (here a `PassCmd`) that outlives mbsync and keeps its stderr open must
 /// not keep the run alive: the run ends when mbsync does (plus a short drain).
 #[tokio::test]
