@@ -412,6 +412,25 @@ async fn watch_follows_the_service_across_restarts() {
     .await;
 }
 
+/// A watch's output lines.
+type Lines = tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>;
+/// Read `lines` until one satisfies `pred` (bounded); all read so far.
+async fn until(lines: &mut Lines, what: &str, mut pred: impl FnMut(&str) -> bool) -> Vec<String> {
+    let mut seen = Vec::new();
+    loop {
+        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .unwrap_or_else(|_| panic!("no line for {what} in 30 s; saw {seen:#?}"))
+            .unwrap()
+            .expect("watch is still running");
+        let done = pred(&line);
+        seen.push(line);
+        if done {
+            return seen;
+        }
+    }
+}
+
 /// `watch --waybar` and `watch --format` through a sync, a failure and a service restart: valid
 /// waybar JSON with the right class every line, the template filled in, no exit on restart.
 #[tokio::test]
@@ -436,22 +455,6 @@ async fn watch_for_status_bars() {
         let mut bar_lines = lines(&mut waybar);
         let mut format = spawn(&["watch", "--format", "{account} {state} {done}/{total} {percent}"]);
         let mut format_lines = lines(&mut format);
-        type Lines = tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>;
-        async fn until(lines: &mut Lines, what: &str, mut pred: impl FnMut(&str) -> bool) -> Vec<String> {
-            let mut seen = Vec::new();
-            loop {
-                let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-                    .await
-                    .unwrap_or_else(|_| panic!("no line for {what} in 30 s; saw {seen:#?}"))
-                    .unwrap()
-                    .expect("watch is still running");
-                let done = pred(&line);
-                seen.push(line);
-                if done {
-                    return seen;
-                }
-            }
-        }
         let bar = |line: &str| -> serde_json::Value { serde_json::from_str(line).expect("waybar JSON") };
         let first = until(&mut bar_lines, "the first bar", |_| true).await;
         assert_eq!(bar(&first[0])["class"], "idle");
