@@ -276,17 +276,7 @@ async fn cli_status_watch_and_sync() {
         let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(doc["accounts"]["bob"]["state"], "idle");
 
-        let mut watch = tokio::process::Command::new(BIN)
-            .args(["watch", "--json"])
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("DBUS_SESSION_BUS_ADDRESS", bus.address())
-            .stdout(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let mut lines =
-            tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(watch.stdout.take().unwrap()));
+        let (_watch, mut lines) = spawn_watch(bus.address(), &["watch", "--json"]);
         let first: serde_json::Value =
             serde_json::from_str(&lines.next_line().await.unwrap().unwrap()).unwrap();
         assert_eq!(first["event"], "state");
@@ -332,17 +322,7 @@ async fn watch_follows_the_service_across_restarts() {
     with_timeout(async {
         let tb = Testbed::new(&[("bob", "INBOX", 20)]);
         let bus = PrivateBus::start(None);
-        let mut watch = tokio::process::Command::new(BIN)
-            .args(["watch", "--json"])
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("DBUS_SESSION_BUS_ADDRESS", bus.address())
-            .stdout(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let mut lines =
-            tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(watch.stdout.take().unwrap()));
+        let (mut watch, mut lines) = spawn_watch(bus.address(), &["watch", "--json"]);
         let mut next = async || -> serde_json::Value {
             let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
                 .await
@@ -412,6 +392,21 @@ async fn watch_follows_the_service_across_restarts() {
     .await;
 }
 
+/// Start the CLI with `args` (a `watch`) on `bus`; the child and its output lines.
+fn spawn_watch(bus: &str, args: &[&str]) -> (tokio::process::Child, Lines) {
+    let mut child = tokio::process::Command::new(BIN)
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("DBUS_SESSION_BUS_ADDRESS", bus)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(child.stdout.take().unwrap()));
+    (child, lines)
+}
+
 /// A watch's output lines.
 type Lines = tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>;
 /// Read `lines` until one satisfies `pred` (bounded); all read so far.
@@ -437,24 +432,9 @@ async fn until(lines: &mut Lines, what: &str, mut pred: impl FnMut(&str) -> bool
 async fn watch_for_status_bars() {
     with_timeout(async {
         let World { svc, conn, mut daemon, bus, tb } = World::start(&[("bob", "INBOX", 200)]).await;
-        let spawn = |args: &[&str]| {
-            tokio::process::Command::new(BIN)
-                .args(args)
-                .env_clear()
-                .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-                .env("DBUS_SESSION_BUS_ADDRESS", bus.address())
-                .stdout(std::process::Stdio::piped())
-                .kill_on_drop(true)
-                .spawn()
-                .unwrap()
-        };
-        let lines = |child: &mut tokio::process::Child| {
-            tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(child.stdout.take().unwrap()))
-        };
-        let mut waybar = spawn(&["watch", "--waybar"]);
-        let mut bar_lines = lines(&mut waybar);
-        let mut format = spawn(&["watch", "--format", "{account} {state} {done}/{total} {percent}"]);
-        let mut format_lines = lines(&mut format);
+        let (mut waybar, mut bar_lines) = spawn_watch(bus.address(), &["watch", "--waybar"]);
+        let (mut format, mut format_lines) =
+            spawn_watch(bus.address(), &["watch", "--format", "{account} {state} {done}/{total} {percent}"]);
         let bar = |line: &str| -> serde_json::Value { serde_json::from_str(line).expect("waybar JSON") };
         let first = until(&mut bar_lines, "the first bar", |_| true).await;
         assert_eq!(bar(&first[0])["class"], "idle");

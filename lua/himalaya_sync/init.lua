@@ -340,6 +340,27 @@ local function force(account, on_done)
   end)
 end
 
+-- Ask the holder of `account`'s locks to hand over; `on_result(r)` gets the command's result.
+local function handoff(account, on_result)
+  local args = { 'handoff', account, '--timeout', tostring(H.opts.handoff_timeout), '--no-wait' }
+  client.run(H.opts.bin, args, on_result)
+end
+
+-- The account a takeover or handoff is for (the named one, else the first synced elsewhere),
+-- marked as taken over by this instance; nil (and a notice) when there is none.
+local function takeover_target(account)
+  if need_setup() then
+    return nil
+  end
+  local name = external_account(account) or account
+  if not name then
+    notify('no sync runs elsewhere')
+    return nil
+  end
+  H.taking[name] = true
+  return name
+end
+
 --- The plan's `takeover_external_sync()`: take control of the sync that runs elsewhere. With
 --- graceful_handoff a lock holder is asked to hand over first and forced only if it refuses or
 --- times out; a bare mbsync is stopped safely. Returns whether a request was made;
@@ -348,29 +369,23 @@ end
 ---@param on_done fun(ok: boolean, r: table)|nil
 ---@return boolean
 function M.takeover_external_sync(account, on_done)
-  if need_setup() then
-    return false
-  end
-  local name = external_account(account) or account
+  local name = takeover_target(account)
   if not name then
-    notify('no sync runs elsewhere')
     return false
   end
-  H.taking[name] = true
   local record = H.state.accounts[name]
-  if H.opts.sync_handoff.graceful_handoff and record and record.owner == 'client' then
-    local args = { 'handoff', name, '--timeout', tostring(H.opts.handoff_timeout), '--no-wait' }
-    client.run(H.opts.bin, args, function(r)
-      if r.error == 'HandoffRefused' or r.error == 'HandoffTimeout' then
-        notify(('%s: %s; taking it over'):format(name, r.message), WARN)
-        force(name, on_done)
-      else
-        report(name, r, on_done)
-      end
-    end)
-  else
+  if not (H.opts.sync_handoff.graceful_handoff and record and record.owner == 'client') then
     force(name, on_done)
+    return true
   end
+  handoff(name, function(r)
+    if r.error == 'HandoffRefused' or r.error == 'HandoffTimeout' then
+      notify(('%s: %s; taking it over'):format(name, r.message), WARN)
+      force(name, on_done)
+    else
+      report(name, r, on_done)
+    end
+  end)
   return true
 end
 
@@ -380,17 +395,11 @@ end
 ---@param on_done fun(ok: boolean, r: table)|nil
 ---@return boolean
 function M.request_sync_handoff(account, on_done)
-  if need_setup() then
-    return false
-  end
-  local name = external_account(account) or account
+  local name = takeover_target(account)
   if not name then
-    notify('no sync runs elsewhere')
     return false
   end
-  H.taking[name] = true
-  local args = { 'handoff', name, '--timeout', tostring(H.opts.handoff_timeout), '--no-wait' }
-  client.run(H.opts.bin, args, function(r)
+  handoff(name, function(r)
     report(name, r, on_done)
   end)
   return true
