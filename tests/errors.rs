@@ -83,15 +83,17 @@ async fn wrong_password_fails_with_mbsyncs_reason(version: MbsyncVersion) {
         let mut finished = svc.receive_sync_finished().await.unwrap();
         let mut progress = svc.receive_progress_changed().await.unwrap();
         svc.sync("bob").await.unwrap();
+        // Progress first: an unread stream would stall the connection (zbus queues 64 per
+        // stream), and the final record always comes before SyncFinished.
+        let mut records = Vec::new();
+        read_until_final(&mut progress, "bob", &mut records).await;
+        assert_progress_is_honest(&records, false);
         let s = finished.next().await.unwrap();
         let args = s.args().unwrap();
         assert!(!args.ok);
         assert!(args.message.contains("AUTHENTICATIONFAILED"), "{}", args.message);
         // mbsync's error, not isync 1.5's notice about the test bed's `SSLType`.
         assert!(!args.message.contains("notice"), "{}", args.message);
-        let mut records = Vec::new();
-        read_until_final(&mut progress, "bob", &mut records).await;
-        assert_progress_is_honest(&records, false);
         let record = svc.get_progress("bob").await.unwrap();
         assert_eq!(get::<String>(&record, "state").as_deref(), Some("failed"));
         assert!(get::<String>(&record, "last_error").unwrap().contains("AUTHENTICATIONFAILED"));
@@ -138,6 +140,8 @@ async fn server_gone_mid_sync_is_a_failed_state_with_reason(version: MbsyncVersi
         }
         tb.proxy.refuse(true);
         tb.proxy.cut();
+        read_until_final(&mut progress, "alice", &mut records).await;
+        assert_progress_is_honest(&records, false);
         let s = finished.next().await.unwrap();
         let args = s.args().unwrap();
         assert!(!args.ok);
@@ -146,19 +150,17 @@ async fn server_gone_mid_sync_is_a_failed_state_with_reason(version: MbsyncVersi
             reason.contains("EOF") || reason.contains("Socket error") || reason.contains("Broken pipe"),
             "{reason}"
         );
-        read_until_final(&mut progress, "alice", &mut records).await;
-        assert_progress_is_honest(&records, false);
         let record = svc.get_progress("alice").await.unwrap();
         assert_eq!(get::<String>(&record, "state").as_deref(), Some("failed"));
         // The server comes back: the next sync repairs everything.
         tb.proxy.refuse(false);
         tb.proxy.set_rate(None);
         svc.sync("alice").await.unwrap();
-        let s = finished.next().await.unwrap();
-        assert!(s.args().unwrap().ok, "{}", s.args().unwrap().message);
         let mut records = Vec::new();
         read_until_final(&mut progress, "alice", &mut records).await;
         assert_progress_is_honest(&records, true);
+        let s = finished.next().await.unwrap();
+        assert!(s.args().unwrap().ok, "{}", s.args().unwrap().message);
         tb.assert_in_sync("alice");
         drop(daemon);
     })

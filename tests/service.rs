@@ -133,11 +133,13 @@ async fn percent_comes_with_the_last_box_and_only_goes_forward(version: MbsyncVe
         let mut progress = w.svc.receive_progress_changed().await.unwrap();
         let mut finished = w.svc.receive_sync_finished().await.unwrap();
         w.svc.sync("alice").await.unwrap();
-        let end = finished.next().await.unwrap();
-        assert!(end.args().unwrap().ok, "{}", end.args().unwrap().message);
+        // Progress first: an unread stream would stall the connection (zbus queues 64 per
+        // stream), and the final record always comes before SyncFinished.
         let mut records = Vec::new();
         read_until_final(&mut progress, "alice", &mut records).await;
         assert_progress_is_honest(&records, true);
+        let end = finished.next().await.unwrap();
+        assert!(end.args().unwrap().ok, "{}", end.args().unwrap().message);
         let log = describe(&records);
         let (last, before) = records.split_last().unwrap();
         assert_eq!(get::<u32>(last, "messages_done"), Some(700), "{log}");
@@ -182,12 +184,14 @@ async fn second_sync_is_refused_and_cancel_stops_safely(version: MbsyncVersion) 
         })
         .await;
         svc.cancel("alice").await.unwrap();
-        let args = finished.next().await.unwrap();
-        let args = args.args().unwrap();
-        assert_eq!((args.account, args.ok, args.message), ("alice", false, "sync cancelled"));
+        // Progress first: an unread stream would stall the connection (zbus queues 64 per
+        // stream), and the final record always comes before SyncFinished.
         let mut records = Vec::new();
         read_until_final(&mut progress, "alice", &mut records).await;
         assert_progress_is_honest(&records, false);
+        let args = finished.next().await.unwrap();
+        let args = args.args().unwrap();
+        assert_eq!((args.account, args.ok, args.message), ("alice", false, "sync cancelled"));
         assert_eq!(get::<String>(records.last().unwrap(), "last_result").as_deref(), Some("cancelled"));
         assert!(
             !std::path::Path::new(&format!("/proc/{pid}")).exists()
@@ -202,12 +206,12 @@ async fn second_sync_is_refused_and_cancel_stops_safely(version: MbsyncVersion) 
         // Nothing lost: a full-speed re-sync ends exact.
         w.tb.proxy.set_rate(None);
         svc.sync("alice").await.unwrap();
-        let args = finished.next().await.unwrap();
-        let args = args.args().unwrap();
-        assert!(args.ok, "re-sync failed: {}", args.message);
         let mut records = Vec::new();
         read_until_final(&mut progress, "alice", &mut records).await;
         assert_progress_is_honest(&records, true);
+        let args = finished.next().await.unwrap();
+        let args = args.args().unwrap();
+        assert!(args.ok, "re-sync failed: {}", args.message);
         w.tb.assert_in_sync("alice");
     })
     .await;
@@ -234,8 +238,6 @@ async fn two_clients_see_the_same_final_state(version: MbsyncVersion) {
             vec![s1.receive_progress_changed().await.unwrap(), s2.receive_progress_changed().await.unwrap()];
         let mut fin = s1.receive_sync_finished().await.unwrap();
         s2.sync("everyone").await.unwrap();
-        let end = fin.next().await.unwrap();
-        assert!(end.args().unwrap().ok, "{}", end.args().unwrap().message);
         let mut lasts = Vec::new();
         let mut states = Vec::new();
         for stream in &mut streams {
@@ -247,6 +249,10 @@ async fn two_clients_see_the_same_final_state(version: MbsyncVersion) {
             states.push(seen);
             lasts.push(records.pop().expect("no signal at all"));
         }
+        // SyncFinished after the progress streams: an unread stream would stall its connection
+        // (zbus queues 64 per stream), and the final record always comes before SyncFinished.
+        let end = fin.next().await.unwrap();
+        assert!(end.args().unwrap().ok, "{}", end.args().unwrap().message);
         assert_eq!(states[0], states[1], "both clients see the same state changes");
         assert_eq!(states[0].first().map(String::as_str), Some("syncing"));
         assert_eq!(states[0].last().map(String::as_str), Some("idle"));
