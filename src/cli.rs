@@ -60,12 +60,15 @@ impl CliError {
 
 type Result<T> = std::result::Result<T, CliError>;
 
-async fn proxy() -> Result<ServiceProxy<'static>> {
-    let conn = Connection::session().await.map_err(|e| CliError {
+async fn session() -> Result<Connection> {
+    Connection::session().await.map_err(|e| CliError {
         code: EXIT_NO_SERVICE,
         message: format!("cannot connect to the session bus: {e}"),
-    })?;
-    Ok(ServiceProxy::new(&conn).await?)
+    })
+}
+
+async fn proxy() -> Result<ServiceProxy<'static>> {
+    Ok(ServiceProxy::new(&session().await?).await?)
 }
 
 /// A D-Bus value as JSON (every variant unwrapped, so clients need no D-Bus knowledge).
@@ -352,33 +355,28 @@ enum Seen<'a> {
 /// new owner (`NameOwnerChanged`: no polling), then says `up:true` and prints a fresh state line.
 /// It only ends when the bus itself goes (exit 3) or its reader does (exit 0).
 pub async fn watch(format: WatchFormat) -> Result<()> {
-    let conn = Connection::session().await.map_err(|e| CliError {
-        code: EXIT_NO_SERVICE,
-        message: format!("cannot connect to the session bus: {e}"),
-    })?;
+    let conn = session().await?;
     let mut watch = Watch::subscribe(&conn, format).await?;
-    let mut said_down = false;
     loop {
         // The first call also starts the service by D-Bus activation where that is set up.
         match current_state(&watch.proxy).await {
             Ok(state) => {
-                if said_down {
-                    watch.service(true)?;
+                if watch.up == Some(false) {
+                    watch.show(Seen::Service(true))?;
                 }
-                watch.state(&state)?;
+                watch.show(Seen::State(&state))?;
                 watch.follow().await?;
             }
             Err(err) => {
                 tracing::debug!("the service does not answer: {}", CliError::from(err).message);
-                if said_down {
+                if watch.up == Some(false) {
                     // Its name came back, but it does not answer: wait for the next owner.
                     watch.wait_for_owner().await?;
                     continue;
                 }
             }
         }
-        watch.service(false)?;
-        said_down = true;
+        watch.show(Seen::Service(false))?;
         watch.wait_for_owner().await?;
     }
 }
@@ -392,9 +390,10 @@ struct Watch {
     finished: SyncFinishedStream,
     changed: zbus::fdo::PropertiesChangedStream,
     format: WatchFormat,
-    /// For bars: every account's last record, whether the service answers, the last line.
+    /// Whether the service answers: `None` until the first answer or "not running" line.
+    up: Option<bool>,
+    /// For bars: every account's last record and the last line printed.
     records: BTreeMap<String, Value>,
-    up: bool,
     last_bar: Option<String>,
 }
 
@@ -416,8 +415,8 @@ impl Watch {
             changed: props.receive_properties_changed().await?,
             proxy,
             format,
+            up: None,
             records: BTreeMap::new(),
-            up: false,
             last_bar: None,
         })
     }
@@ -430,16 +429,13 @@ impl Watch {
             .map_err(|_| CliError { code: 0, message: String::new() })
     }
 
-    fn service(&mut self, up: bool) -> Result<()> {
-        self.show(Seen::Service(up))
-    }
-
-    fn state(&mut self, state: &State) -> Result<()> {
-        self.show(Seen::State(state))
-    }
-
     /// Print what was seen in the watch's format. Bars print only when their line changes.
     fn show(&mut self, seen: Seen<'_>) -> Result<()> {
+        match seen {
+            Seen::Service(up) => self.up = Some(up),
+            Seen::State(_) => self.up = Some(true),
+            _ => {}
+        }
         let line = match (&self.format, seen) {
             (WatchFormat::Json, Seen::Service(up)) => json!({ "event": "service", "up": up }).to_string(),
             (WatchFormat::Json, Seen::State(state)) => json!({
@@ -480,23 +476,21 @@ impl Watch {
 
     /// A bar's new line, if what it shows changed.
     fn bar_line(&mut self, seen: Seen<'_>) -> Option<String> {
+        let up = self.up == Some(true);
         match seen {
-            Seen::Service(up) => self.up = up,
-            Seen::State(state) => {
-                self.up = true;
-                self.records.clone_from(&state.accounts);
-            }
+            Seen::Service(_) => {}
+            Seen::State(state) => self.records.clone_from(&state.accounts),
             Seen::Progress(account, record) => {
                 self.records.insert(account.to_owned(), record);
             }
             Seen::Finished(..) | Seen::AutoTakeover(_) => return None,
         }
         let line = match &self.format {
-            WatchFormat::Template(template) => match (self.up, crate::bar::most_relevant(&self.records)) {
+            WatchFormat::Template(template) => match (up, crate::bar::most_relevant(&self.records)) {
                 (true, Some((account, r))) => crate::bar::render(template, account, r),
                 _ => String::new(),
             },
-            _ => crate::bar::waybar(&self.records, self.up).to_string(),
+            _ => crate::bar::waybar(&self.records, up).to_string(),
         };
         if self.last_bar.as_ref() == Some(&line) {
             return None;
