@@ -95,11 +95,9 @@ function H.on_event(ev)
   if ev.event == 'service' then
     if not ev.up and not H.down_warned then
       H.down_warned = true
-      notify(
-        'the service is not running; waiting for it (it starts on the first command by D-Bus '
-          .. 'activation, or run: systemctl --user start himalaya-sync)',
-        WARN
-      )
+      -- One short line (a longer one stops Neovim at a hit-enter prompt); :checkhealth says how
+      -- to start it.
+      notify('the service is not running; waiting for it (:checkhealth himalaya_sync)', WARN)
     elseif ev.up and H.down_warned then
       H.down_warned = false
       notify('the service is back')
@@ -112,7 +110,7 @@ function H.on_event(ev)
   for _, name in ipairs(changed) do
     if H.is_shown(name) then
       local record = H.state.accounts[name]
-      H.sinks:progress(name, record or { state = 'idle' })
+      H.sinks:progress(name, record or { state = 'idle' }, H.taking[name])
       vim.api.nvim_exec_autocmds('User', {
         pattern = 'HimalayaSyncProgress',
         modeline = false,
@@ -321,7 +319,10 @@ local function report(account, r, on_done)
     H.taking[account] = nil
   end
   if r.ok then
-    notify(r.message ~= '' and r.message or (account .. ': the service runs the sync now'))
+    -- Without the stopped command line (the prompt and :HimalayaExternalSyncInfo show it): a
+    -- notice wider than the screen stops Neovim at a hit-enter prompt mid-sync.
+    local message = r.message:gsub('(, ran %d+ s): .-(%); now syncing)', '%1%2')
+    notify(message ~= '' and message or (account .. ': the service runs the sync now'))
   elseif r.error == 'AlreadySyncing' then
     notify(account .. ': the service runs the sync already')
   elseif r.error == 'NotRunning' then

@@ -38,8 +38,8 @@ local function percentage(record)
   return type(record.percent) == 'number' and math.floor(record.percent) or nil
 end
 
---- An account's record changed.
-function Sinks:progress(name, record)
+--- An account's record changed. `quiet`: no start notice (a takeover's own notice says it).
+function Sinks:progress(name, record, quiet)
   local active = model.is_active(record)
   if self.fidget then
     local h = self.handles[name]
@@ -63,7 +63,8 @@ function Sinks:progress(name, record)
   end
   -- vim.notify: only the start of the service's own sync (its end comes as `finished`).
   local own = active and record.state ~= 'external'
-  if own and not self.running[name] and self.notify then
+  -- Two notices in a row stop Neovim at a hit-enter prompt: one per event a person needs.
+  if own and not self.running[name] and self.notify and not quiet then
     notify(name .. ': sync started')
   end
   self.running[name] = own or nil

@@ -69,6 +69,7 @@ T.case('Y: the service takes over and the status line counts up', function()
   T.eq(hs.statusline(), '', 'empty once idle')
   T.eq(hs.detect_external_sync(), false)
   T.eq(#T.notified(notes, holder == 'bare' and 'stopped mbsync PID %d+' or 'now syncing alice'), 1, 'one notice of what was stopped')
+  T.eq(#T.notified(notes, 'alice: stopped mbsync PID %d+ %([^:]*, ran %d+ s%); now syncing alice$'), 1, 'without the command line')
   T.eq(#T.notified(notes, 'the service took over'), 0, 'no AutoTakeover notice for our own takeover')
 end)
 
