@@ -105,6 +105,11 @@ impl Held {
         if now.start_ticks != expected.start_ticks {
             return Err(StopError::NotOurs { pid, what: "the PID now names another process".into() });
         }
+        // The kernel drops /proc/PID/exe when a process releases its memory on the way out:
+        // the mbsync we saw (same start time, same uid) is exiting, not someone else's.
+        if now.exe.is_none() && now.uid == uid && expected.is_mbsync_of(uid) {
+            return Err(StopError::Gone { pid });
+        }
         if !now.is_mbsync_of(uid) {
             let what = match &now.exe {
                 _ if now.uid != uid => format!("it belongs to uid {}", now.uid),
@@ -220,6 +225,26 @@ mod tests {
         assert!(matches!(Held::open_mbsync(&stale, my_uid()), Err(StopError::NotOurs { .. })));
         assert!(child.try_wait().unwrap().is_none(), "nothing was signalled");
         child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    #[test]
+    fn an_mbsync_on_its_way_out_is_gone_not_foreign() {
+        // A zombie keeps its PID and start time but no longer has an executable to read: the
+        // state an mbsync is in when it ends just as a TakeOver checks it.
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let info = ProcInfo::read(child.id()).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while ProcInfo::read(child.id()).is_some_and(|p| p.exe.is_some()) {
+            assert!(std::time::Instant::now() < deadline, "the child never exited");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let seen_as_mbsync = ProcInfo { exe: Some("/usr/bin/mbsync".into()), ..info.clone() };
+        let err = Held::open_mbsync(&seen_as_mbsync, my_uid()).unwrap_err();
+        assert!(matches!(err, StopError::Gone { .. }), "{err}");
+        // What was never seen as an mbsync stays refused, not gone.
+        let err = Held::open_mbsync(&info, my_uid()).unwrap_err();
+        assert!(matches!(err, StopError::NotOurs { .. }), "{err}");
         child.wait().unwrap();
     }
 }
