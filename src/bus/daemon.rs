@@ -13,6 +13,7 @@ use zbus::{Connection, connection, fdo::DBusProxy, object_server::InterfaceRef};
 use super::{
     BUS_NAME, PATH,
     account::Account,
+    jobview,
     lock::BusLocks,
     notify,
     record::to_dict,
@@ -114,7 +115,8 @@ pub async fn serve(
     sync_account_objects(conn, &core, &mut accounts).await;
     let config = &core.settings().config;
     let notifier = config.notifications.then(|| notify::start(conn, core.clone(), config.stall_timeout));
-    tokio::spawn(publish(conn.clone(), core, service, accounts, events, notifier));
+    let jobs = jobview::start(conn, core.clone());
+    tokio::spawn(publish(conn.clone(), core, service, accounts, events, Sinks { notifier, jobs }));
     Ok(())
 }
 
@@ -148,6 +150,13 @@ async fn sync_account_objects(
     }
 }
 
+/// The tasks that show records outside the bus API: desktop notifications (unless turned off)
+/// and Plasma's job view.
+struct Sinks {
+    notifier: Option<mpsc::UnboundedSender<notify::Input>>,
+    jobs: mpsc::UnboundedSender<jobview::Input>,
+}
+
 /// The one task that turns core events into signals, in order.
 async fn publish(
     conn: Connection,
@@ -155,8 +164,9 @@ async fn publish(
     service: InterfaceRef<Service>,
     mut objects: BTreeMap<String, String>,
     mut events: mpsc::UnboundedReceiver<CoreEvent>,
-    notifier: Option<mpsc::UnboundedSender<notify::Input>>,
+    sinks: Sinks,
 ) {
+    let Sinks { notifier, jobs } = sinks;
     let tell = |input: notify::Input| {
         if let Some(notifier) = &notifier
             && notifier.send(input).is_err()
@@ -170,6 +180,12 @@ async fn publish(
                 let sent = service.progress_changed(&account, to_dict(&record)).await;
                 if notifier.is_some() {
                     tell(notify::Input::Record { account: account.clone(), record: record.clone() });
+                }
+                if jobs
+                    .send(jobview::Input::Record { account: account.clone(), record: record.clone() })
+                    .is_err()
+                {
+                    tracing::debug!("the job view task is gone");
                 }
                 update_account_object(&conn, &objects, &account, *record).await;
                 sent

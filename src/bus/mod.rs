@@ -7,6 +7,7 @@ pub mod daemon;
 pub mod errors;
 pub mod follow;
 pub mod holder;
+pub mod jobview;
 pub mod lock;
 pub mod notify;
 pub mod record;
