@@ -13,9 +13,12 @@ use futures_util::StreamExt;
 use serde_json::{Map, Value, json};
 use zbus::{Connection, OwnedVariant, Variant};
 
-use crate::bus::{
-    errors::SyncError,
-    service::{ProgressChangedStream, ServiceProxy, SyncFinishedStream},
+use crate::{
+    bus::{
+        errors::SyncError,
+        service::{ProgressChangedStream, ServiceProxy, SyncFinishedStream},
+    },
+    term::{Bars, Stream},
 };
 
 /// Exit code: the service cannot be reached.
@@ -69,6 +72,19 @@ async fn session() -> Result<Connection> {
 
 async fn proxy() -> Result<ServiceProxy<'static>> {
     Ok(ServiceProxy::new(&session().await?).await?)
+}
+
+/// The service's account names, for shell completion: blocking, on a runtime of its own, and
+/// empty when the service does not answer within a second (a Tab must never hang the shell).
+#[must_use]
+pub fn account_names_blocking() -> Vec<String> {
+    let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+        return Vec::new();
+    };
+    runtime.block_on(async {
+        let ask = async { proxy().await.ok()?.list_accounts().await.ok() };
+        tokio::time::timeout(std::time::Duration::from_secs(1), ask).await.ok().flatten().unwrap_or_default()
+    })
 }
 
 /// A D-Bus value as JSON (every variant unwrapped, so clients need no D-Bus knowledge).
@@ -161,8 +177,11 @@ impl Follow {
     }
 
     /// Print `account`'s progress until its run ends; the run's result is ours.
-    async fn run(mut self, account: &str, quiet: bool) -> Result<()> {
+    async fn run(mut self, account: &str, print: Print) -> Result<()> {
         let mut last_line = String::new();
+        // On a terminal, one bar redrawn in place; elsewhere, a line per change.
+        let mut bars = if print == Print::Lines { Bars::on(Stream::Stderr) } else { None };
+        let mut last = Value::Null;
         // A SyncFinished of an earlier run may still be on its way: only one that follows our
         // run's first `syncing` record counts (signals keep their order on the bus).
         let mut started = false;
@@ -177,13 +196,20 @@ impl Follow {
                         continue;
                     }
                     started |= args.progress.get("state").and_then(|v| v.downcast_ref::<&str>().ok()) == Some("syncing");
-                    if quiet {
-                        continue;
-                    }
-                    let line = human_line(account, &record_to_json(&args.progress));
-                    if line != last_line {
-                        eprintln!("{line}");
-                        last_line = line;
+                    last = record_to_json(&args.progress);
+                    match (print, &mut bars) {
+                        (Print::Quiet, _) => {}
+                        (Print::Json, _) => {
+                            Watch::emit(&json!({ "event": "progress", "account": account, "progress": last }).to_string())?;
+                        }
+                        (Print::Lines, Some(bars)) => bars.show(account, &last),
+                        (Print::Lines, None) => {
+                            let line = human_line(account, &last);
+                            if line != last_line {
+                                eprintln!("{line}");
+                                last_line = line;
+                            }
+                        }
                     }
                 }
                 Some(signal) = self.finished.next() => {
@@ -191,9 +217,16 @@ impl Follow {
                     if args.account != account || !started {
                         continue;
                     }
+                    if let Some(bars) = &mut bars {
+                        bars.finish(account, &human_line(account, &last));
+                    }
+                    if print == Print::Json {
+                        let line = json!({ "event": "finished", "account": account, "ok": args.ok, "message": args.message });
+                        Watch::emit(&line.to_string())?;
+                    }
                     return match (args.ok, args.message) {
                         (true, message) => {
-                            if !quiet {
+                            if print == Print::Lines {
                                 println!("{account}: {message}");
                             }
                             Ok(())
@@ -207,6 +240,9 @@ impl Follow {
                 }
                 Some(new_owner) = self.owner.next() => {
                     if new_owner.is_none() {
+                        if let Some(bars) = &mut bars {
+                            bars.clear();
+                        }
                         return Err(CliError { code: EXIT_NO_SERVICE, message: "the service stopped during the sync".into() });
                     }
                 }
@@ -216,15 +252,26 @@ impl Follow {
     }
 }
 
+/// How a command that follows a run prints it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Print {
+    /// Nothing on success (errors still go to stderr).
+    Quiet,
+    /// For people: a live bar on a terminal, else a line per change.
+    Lines,
+    /// One JSON object per line on stdout (`progress`, `finished` and `takeover` events).
+    Json,
+}
+
 /// `sync ACCOUNT`: start, then (unless `no_wait`) follow it to its end.
-pub async fn sync(account: &str, no_wait: bool, quiet: bool) -> Result<()> {
+pub async fn sync(account: &str, no_wait: bool, print: Print) -> Result<()> {
     let proxy = proxy().await?;
     let follow = Follow::subscribe(&proxy).await?;
     proxy.sync(account).await?;
     if no_wait {
         return Ok(());
     }
-    follow.run(account, quiet).await
+    follow.run(account, print).await
 }
 
 /// How a takeover or handoff is asked for.
@@ -238,7 +285,7 @@ pub enum Takeover {
 
 /// `takeover ACCOUNT` / `handoff ACCOUNT`: stop the sync that runs elsewhere, then (unless
 /// `no_wait`) follow the restarted one to its end.
-pub async fn take_over(account: &str, how: Takeover, no_wait: bool, quiet: bool) -> Result<()> {
+pub async fn take_over(account: &str, how: Takeover, no_wait: bool, print: Print) -> Result<()> {
     let proxy = proxy().await?;
     let follow = Follow::subscribe(&proxy).await?;
     let answer = match how {
@@ -251,11 +298,15 @@ pub async fn take_over(account: &str, how: Takeover, no_wait: bool, quiet: bool)
         .and_then(Value::as_array)
         .map(|a| a.iter().filter_map(Value::as_str).map(str::to_owned).collect())
         .unwrap_or_default();
-    if !quiet {
-        eprintln!("{}", stopped_line(account, &answer, &restarted));
+    match print {
+        Print::Quiet => {}
+        Print::Lines => eprintln!("{}", stopped_line(account, &answer, &restarted)),
+        Print::Json => {
+            Watch::emit(&json!({ "event": "takeover", "account": account, "answer": answer }).to_string())?;
+        }
     }
     match restarted.first() {
-        Some(restarted) if !no_wait => follow.run(restarted, quiet).await,
+        Some(restarted) if !no_wait => follow.run(restarted, print).await,
         _ => Ok(()),
     }
 }
@@ -317,10 +368,15 @@ pub async fn status(account: Option<&str>, as_json: bool) -> Result<()> {
             None => json!({ "accounts": records }),
         };
         println!("{doc}");
+    } else if records.is_empty() {
+        // No accounts: say why (an mbsync config that cannot be read answers ConfigError here).
+        proxy.list_accounts().await?;
+        eprintln!("himalaya-sync: no accounts: the mbsync config names no channels or groups");
     } else {
-        for (name, r) in &records {
-            println!("{}", human_line(name, r));
-        }
+        let now_us = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64);
+        print!("{}", crate::table::status_table(&records, now_us));
     }
     Ok(())
 }
@@ -395,6 +451,8 @@ struct Watch {
     /// For bars: every account's last record and the last line printed.
     records: BTreeMap<String, Value>,
     last_bar: Option<String>,
+    /// `watch` for people on a terminal: one live bar per account.
+    bars: Option<Bars>,
 }
 
 impl Watch {
@@ -414,10 +472,11 @@ impl Watch {
             finished: proxy.receive_sync_finished().await?,
             changed: props.receive_properties_changed().await?,
             proxy,
-            format,
             up: None,
             records: BTreeMap::new(),
             last_bar: None,
+            bars: if format == WatchFormat::Human { Bars::on(Stream::Stdout) } else { None },
+            format,
         })
     }
 
@@ -435,6 +494,10 @@ impl Watch {
             Seen::Service(up) => self.up = Some(up),
             Seen::State(_) => self.up = Some(true),
             _ => {}
+        }
+        if let Some(bars) = &mut self.bars {
+            Self::draw(bars, seen);
+            return Ok(());
         }
         let line = match (&self.format, seen) {
             (WatchFormat::Json, Seen::Service(up)) => json!({ "event": "service", "up": up }).to_string(),
@@ -472,6 +535,29 @@ impl Watch {
             },
         };
         Self::emit(&line)
+    }
+
+    /// `watch` on a terminal: bars for the accounts, the rest as lines above them.
+    fn draw(bars: &mut Bars, seen: Seen<'_>) {
+        match seen {
+            Seen::Service(true) => bars.println("service: back"),
+            Seen::Service(false) => {
+                bars.clear();
+                bars.println("service: not running; waiting for it");
+            }
+            Seen::State(state) => {
+                for (name, r) in &state.accounts {
+                    bars.show(name, r);
+                }
+            }
+            Seen::Progress(account, record) => bars.show(account, &record),
+            Seen::Finished(account, ok, message) => {
+                bars.println(&format!("{account}: {} ({message})", if ok { "finished" } else { "failed" }));
+            }
+            Seen::AutoTakeover(on) => {
+                bars.println(&format!("auto-takeover: {}", if on { "on" } else { "off" }));
+            }
+        }
     }
 
     /// A bar's new line, if what it shows changed.

@@ -26,4 +26,6 @@ pub mod progress;
 pub mod run;
 pub mod runner;
 pub mod state;
+pub mod table;
+pub mod term;
 pub mod throttle;

@@ -8,7 +8,8 @@ use std::{
     process::ExitCode,
 };
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
+use clap_complete::engine::{ArgValueCompleter, CompletionCandidate};
 use himalaya_sync::{
     bus::daemon,
     cli,
@@ -39,18 +40,26 @@ enum Command {
     },
     /// Sync an account (a channel or group) and follow it to its end.
     Sync {
+        #[arg(add = ArgValueCompleter::new(accounts))]
         account: String,
         /// Return once the sync started.
         #[arg(long)]
         no_wait: bool,
         /// Print nothing on success.
-        #[arg(short, long)]
+        #[arg(short, long, conflicts_with = "json")]
         quiet: bool,
+        /// One JSON object per line (progress, finished, takeover) instead of the bar or lines.
+        #[arg(long)]
+        json: bool,
     },
     /// Stop the service's sync of an account safely.
-    Cancel { account: String },
+    Cancel {
+        #[arg(add = ArgValueCompleter::new(accounts))]
+        account: String,
+    },
     /// Show progress of one account or all.
     Status {
+        #[arg(add = ArgValueCompleter::new(accounts))]
         account: Option<String>,
         /// One JSON document.
         #[arg(long)]
@@ -59,17 +68,22 @@ enum Command {
     /// Stop the sync that runs elsewhere (a lock holder or a bare mbsync) and restart it under the
     /// service, then follow it to its end.
     Takeover {
+        #[arg(add = ArgValueCompleter::new(accounts))]
         account: String,
         /// Return once the service runs it.
         #[arg(long)]
         no_wait: bool,
         /// Print nothing on success.
-        #[arg(short, long)]
+        #[arg(short, long, conflicts_with = "json")]
         quiet: bool,
+        /// One JSON object per line (progress, finished, takeover) instead of the bar or lines.
+        #[arg(long)]
+        json: bool,
     },
     /// Ask the lock holder syncing an account to hand over gracefully (nothing is killed), then
     /// follow the service's run to its end.
     Handoff {
+        #[arg(add = ArgValueCompleter::new(accounts))]
         account: String,
         /// How long the holder may take, in milliseconds.
         #[arg(long, default_value_t = 5000)]
@@ -78,14 +92,18 @@ enum Command {
         #[arg(long)]
         no_wait: bool,
         /// Print nothing on success.
-        #[arg(short, long)]
+        #[arg(short, long, conflicts_with = "json")]
         quiet: bool,
+        /// One JSON object per line (progress, finished, takeover) instead of the bar or lines.
+        #[arg(long)]
+        json: bool,
     },
     /// Run mbsync for an account without the service, as a well-behaved lock holder (for cron,
     /// timers and scripts): it takes the account's locks, publishes its progress, hands over when
     /// the service asks, and exits with mbsync's status (0 after a handoff, 75 if the account is
     /// being synced already).
     Exec {
+        #[arg(add = ArgValueCompleter::new(accounts))]
         account: String,
         /// Refuse to hand over: finish this run whatever happens.
         #[arg(long)]
@@ -118,9 +136,33 @@ enum Command {
         #[arg(long, value_name = "TEMPLATE")]
         format: Option<String>,
     },
+    /// Print the shell completion script: subcommands, options, and account names from the
+    /// running service. bash: himalaya-sync completions bash > ~/.local/share/bash-completion/completions/himalaya-sync
+    Completions { shell: Shell },
+    /// Print the manual page (roff): himalaya-sync man > ~/.local/share/man/man1/himalaya-sync.1
+    Man,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Shell {
+    Bash,
+    Zsh,
+    Fish,
+}
+
+/// Account names from the running service that start with what was typed, for completions.
+fn accounts(current: &std::ffi::OsStr) -> Vec<CompletionCandidate> {
+    let typed = current.to_string_lossy();
+    cli::account_names_blocking()
+        .into_iter()
+        .filter(|name| name.starts_with(typed.as_ref()))
+        .map(CompletionCandidate::new)
+        .collect()
 }
 
 fn main() -> ExitCode {
+    // A shell asking for completions (COMPLETE=bash ...) is answered here, before anything runs.
+    clap_complete::CompleteEnv::with_factory(Args::command).complete();
     let args = Args::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_env("HIMALAYA_SYNC_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
@@ -139,8 +181,12 @@ fn main() -> ExitCode {
 
 async fn run(command: Command) -> ExitCode {
     let result = match command {
+        Command::Completions { shell } => return completions(shell),
+        Command::Man => return man(),
         Command::Daemon { mbsync_config, config } => return run_daemon(mbsync_config, config).await,
-        Command::Sync { account, no_wait, quiet } => cli::sync(&account, no_wait, quiet).await,
+        Command::Sync { account, no_wait, quiet, json } => {
+            cli::sync(&account, no_wait, print(quiet, json)).await
+        }
         Command::Cancel { account } => cli::cancel(&account).await,
         Command::Status { account, json } => cli::status(account.as_deref(), json).await,
         Command::Watch { json, waybar, format } => {
@@ -152,11 +198,12 @@ async fn run(command: Command) -> ExitCode {
             })
             .await
         }
-        Command::Takeover { account, no_wait, quiet } => {
-            cli::take_over(&account, cli::Takeover::Force, no_wait, quiet).await
+        Command::Takeover { account, no_wait, quiet, json } => {
+            cli::take_over(&account, cli::Takeover::Force, no_wait, print(quiet, json)).await
         }
-        Command::Handoff { account, timeout, no_wait, quiet } => {
-            cli::take_over(&account, cli::Takeover::Handoff { timeout_ms: timeout }, no_wait, quiet).await
+        Command::Handoff { account, timeout, no_wait, quiet, json } => {
+            let how = cli::Takeover::Handoff { timeout_ms: timeout };
+            cli::take_over(&account, how, no_wait, print(quiet, json)).await
         }
         Command::AutoTakeover { value } => cli::auto_takeover(value.as_deref()).await,
         Command::Exec { account, no_handoff, mbsync_config, config } => {
@@ -167,6 +214,52 @@ async fn run(command: Command) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) if err.code == 0 => ExitCode::SUCCESS,
         Err(err) => err.report(),
+    }
+}
+
+/// The registration script of clap_complete's dynamic completion: the shell calls this binary
+/// back (`COMPLETE=bash himalaya-sync ...`) on each Tab, so account names come live.
+fn completions(shell: Shell) -> ExitCode {
+    use clap_complete::env::EnvCompleter;
+    let completer = std::env::args().next().unwrap_or_else(|| "himalaya-sync".into());
+    let name = "himalaya-sync";
+    let mut out = std::io::stdout().lock();
+    let written = match shell {
+        Shell::Bash => {
+            clap_complete::env::Bash.write_registration("COMPLETE", name, name, &completer, &mut out)
+        }
+        Shell::Zsh => {
+            clap_complete::env::Zsh.write_registration("COMPLETE", name, name, &completer, &mut out)
+        }
+        Shell::Fish => {
+            clap_complete::env::Fish.write_registration("COMPLETE", name, name, &completer, &mut out)
+        }
+    };
+    report_write(written)
+}
+
+/// The manual page, from the same definition as --help.
+fn man() -> ExitCode {
+    let page = clap_mangen::Man::new(Args::command());
+    report_write(page.render(&mut std::io::stdout().lock()))
+}
+
+fn report_write(written: std::io::Result<()>) -> ExitCode {
+    match written {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("himalaya-sync: cannot write: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn print(quiet: bool, json: bool) -> cli::Print {
+    match (quiet, json) {
+        (true, _) => cli::Print::Quiet,
+        (_, true) => cli::Print::Json,
+        _ => cli::Print::Lines,
     }
 }
 

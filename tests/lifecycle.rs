@@ -300,9 +300,13 @@ async fn cli_status_watch_and_sync() {
         assert_eq!(last_progress["progress"]["messages_done"], 20);
         assert_eq!(events.last().unwrap()["ok"], true);
 
+        // For people: a compact table, header first, one row per account.
         let out = run(&["status", "bob"]);
         let text = String::from_utf8_lossy(&out.stdout);
-        assert!(text.starts_with("bob: idle, 20/20 messages"), "{text}");
+        let rows: Vec<Vec<&str>> = text.lines().map(|l| l.split_whitespace().collect()).collect();
+        assert_eq!(rows.len(), 2, "{text}");
+        assert_eq!(rows[0][..3], ["ACCOUNT", "STATE", "MESSAGES"], "{text}");
+        assert_eq!(rows[1][..3], ["bob", "idle", "ok"], "{text}");
         let out = run(&["cancel", "bob"]);
         assert_eq!(out.status.code(), Some(1));
         assert!(String::from_utf8_lossy(&out.stderr).contains("org.himalaya.Sync.Error.NotRunning"));
