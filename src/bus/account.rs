@@ -7,6 +7,9 @@ use zbus::interface;
 use super::record::{Dict, to_dict};
 use crate::progress::Record;
 
+/// The account objects' interface.
+pub const ACCOUNT_INTERFACE: &str = "org.himalaya.Sync.Account";
+
 /// An account object: a copy of the account's last published record.
 pub struct Account {
     pub(crate) name: String,
@@ -23,19 +26,19 @@ impl Account {
 
     /// `idle`, `syncing`, `stopping`, `stuck`, `external` or `failed`.
     #[zbus(property)]
-    fn state(&self) -> String {
+    pub(crate) fn state(&self) -> String {
         self.record.state.as_str().to_owned()
     }
 
     /// Who runs the current sync: `service`, `client`, `process`, or empty when none runs.
     #[zbus(property)]
-    fn owner(&self) -> String {
+    pub(crate) fn owner(&self) -> String {
         self.record.owner.map(|o| o.as_str().to_owned()).unwrap_or_default()
     }
 
     /// The PID of the running mbsync, 0 when none runs.
     #[zbus(property)]
-    fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.record.pid.unwrap_or(0)
     }
 

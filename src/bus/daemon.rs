@@ -4,15 +4,17 @@
 //! (SIGTERM to mbsync's group, SIGKILL after the grace period), reaped, its locks released, then
 //! the process exits 0.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use futures_util::StreamExt;
 use tokio::{signal::unix, sync::mpsc};
-use zbus::{Connection, connection, fdo::DBusProxy, object_server::InterfaceRef};
+use zbus::{
+    Connection, Variant, connection, fdo::DBusProxy, names::InterfaceName, object_server::InterfaceRef,
+};
 
 use super::{
     BUS_NAME, PATH,
-    account::Account,
+    account::{ACCOUNT_INTERFACE, Account},
     jobview,
     lock::BusLocks,
     notify,
@@ -218,6 +220,9 @@ async fn publish(
     }
 }
 
+/// Give the account object its new record and tell its watchers in one `PropertiesChanged`
+/// carrying every property that changed: a `GDBusProxy` (a GNOME Shell extension) then never sees
+/// a new State beside an old Owner or Progress.
 async fn update_account_object(
     conn: &Connection,
     objects: &BTreeMap<String, String>,
@@ -228,19 +233,22 @@ async fn update_account_object(
     let Ok(iface) = conn.object_server().interface::<_, Account>(path.as_str()).await else { return };
     let mut obj = iface.get_mut().await;
     let old = std::mem::replace(&mut obj.record, record);
-    let emitter = iface.signal_emitter();
     let new = &obj.record;
-    let mut results = vec![obj.progress_changed(emitter).await];
+    let mut changed: HashMap<&str, Variant<'_>> = HashMap::new();
+    changed.insert("Progress", Variant::from(to_dict(new)));
     if old.state != new.state {
-        results.push(obj.state_changed(emitter).await);
+        changed.insert("State", Variant::from(obj.state()));
     }
     if old.owner != new.owner {
-        results.push(obj.owner_changed(emitter).await);
+        changed.insert("Owner", Variant::from(obj.owner()));
     }
     if old.pid != new.pid {
-        results.push(obj.pid_changed(emitter).await);
+        changed.insert("Pid", Variant::from(obj.pid()));
     }
-    for err in results.into_iter().filter_map(Result::err) {
+    let name = InterfaceName::from_static_str_unchecked(ACCOUNT_INTERFACE);
+    let sent =
+        zbus::fdo::Properties::properties_changed(iface.signal_emitter(), name, changed, (&[][..]).into());
+    if let Err(err) = sent.await {
         tracing::warn!(%err, "cannot emit PropertiesChanged");
     }
 }
