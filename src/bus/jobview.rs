@@ -88,6 +88,14 @@ pub fn job_of(account: &str, r: &Record) -> Option<Job> {
     })
 }
 
+/// The exact counts of a run that just ended well, for the job's last update: a finished job
+/// shows all its messages processed, not the last count mbsync printed while running.
+#[must_use]
+pub fn final_amounts(r: &Record) -> Option<(u64, u64)> {
+    let ok = r.state == State::Idle && r.last_result.as_deref() == Some("ok");
+    r.messages.filter(|m| ok && m.total > 0).map(|m| (m.done.min(m.total), m.total))
+}
+
 /// What the task hears of the core.
 #[derive(Debug)]
 pub enum Input {
@@ -129,14 +137,7 @@ async fn run(conn: Connection, core: Core<BusLocks>, mut inputs: mpsc::Unbounded
             }
             (None, _) => {
                 if let Some(Some(view)) = views.remove(&account) {
-                    view.cancel.abort();
-                    let error = match record.state {
-                        State::Failed => record.last_error.clone().unwrap_or_else(|| "sync failed".into()),
-                        _ => String::new(),
-                    };
-                    if let Err(err) = view.proxy.terminate(&error).await {
-                        tracing::debug!(%err, "cannot end a Plasma job");
-                    }
+                    end(view, &record).await;
                 }
             }
         }
@@ -172,6 +173,22 @@ async fn open(conn: &Connection, core: &Core<BusLocks>, account: &str) -> Option
         }
     });
     Some(View { proxy, shown: Job::default(), cancel })
+}
+
+/// The run ended: its final counts if it went well, then `terminate` (with the reason if not).
+async fn end(mut view: View, record: &Record) {
+    view.cancel.abort();
+    if let Some(amounts) = final_amounts(record) {
+        let last = Job { amounts: Some(amounts), percent: Some(100), ..view.shown.clone() };
+        show(&mut view, &last).await;
+    }
+    let error = match record.state {
+        State::Failed => record.last_error.clone().unwrap_or_else(|| "sync failed".into()),
+        _ => String::new(),
+    };
+    if let Err(err) = view.proxy.terminate(&error).await {
+        tracing::debug!(%err, "cannot end a Plasma job");
+    }
 }
 
 /// Send what changed since the last call.
@@ -233,5 +250,18 @@ mod tests {
             let r = Record { state, owner, ..Record::default() };
             assert_eq!(job_of("alice", &r), None, "{state:?} {owner:?}");
         }
+    }
+
+    #[test]
+    fn a_run_that_ended_well_shows_its_exact_counts_last() {
+        let messages = Some(Counter { done: 2500, total: 2500 });
+        let mut r =
+            Record { state: State::Idle, last_result: Some("ok".into()), messages, ..Record::default() };
+        assert_eq!(final_amounts(&r), Some((2500, 2500)));
+        r.last_result = Some("cancelled".into());
+        assert_eq!(final_amounts(&r), None);
+        r.state = State::Failed;
+        r.last_result = Some("failed".into());
+        assert_eq!(final_amounts(&r), None);
     }
 }
