@@ -100,6 +100,7 @@ pub struct Bars {
     by_account: BTreeMap<String, ProgressBar>,
     bar_style: ProgressStyle,
     spinner_style: ProgressStyle,
+    stream: Stream,
 }
 
 impl Bars {
@@ -130,35 +131,47 @@ impl Bars {
             by_account: BTreeMap::new(),
             bar_style: style(bar)?.progress_chars("=> "),
             spinner_style: style(spinner)?,
+            stream,
         })
     }
 
     /// Show `account`'s record in its bar (made on first sight).
     pub fn show(&mut self, account: &str, r: &Value) {
         let look = look(r);
+        let spinner = &self.spinner_style;
         let bar = self.by_account.entry(account.to_owned()).or_insert_with(|| {
-            let bar = self.multi.add(ProgressBar::no_length());
-            bar.set_prefix(account.to_owned());
-            bar
+            let bar = ProgressBar::no_length().with_style(spinner.clone()).with_prefix(account.to_owned());
+            self.multi.add(bar)
         });
+        // Every setter may draw (rate-limited): counts before the message, so a frame never shows
+        // a bar of 0/0, then one full frame of this record.
+        let style = if look.counts.is_some() { &self.bar_style } else { spinner };
+        bar.set_style(style.clone());
         if let Some((done, total)) = look.counts {
-            bar.set_style(self.bar_style.clone());
-            bar.set_length(total);
-            bar.set_position(done);
-        } else {
-            bar.set_style(self.spinner_style.clone());
-            bar.tick();
+            bar.update(|state| {
+                state.set_len(total);
+                state.set_pos(done);
+            });
         }
         bar.set_message(look.message);
+        bar.force_draw();
     }
 
-    /// End `account`'s bar, leaving `line` in its place: the last word on the run.
+    /// End `account`'s bar and print `line` in its place: the last word on the run.
     pub fn finish(&mut self, account: &str, line: &str) {
         if let Some(bar) = self.by_account.remove(account) {
             bar.finish_and_clear();
             self.multi.remove(&bar);
         }
-        self.println(line);
+        if self.by_account.is_empty() {
+            // No bar left to draw around: a plain line, so the shell prompt starts below it.
+            match self.stream {
+                Stream::Stdout => println!("{line}"),
+                Stream::Stderr => eprintln!("{line}"),
+            }
+        } else {
+            self.println(line);
+        }
     }
 
     /// A line above the bars.
