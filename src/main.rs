@@ -139,8 +139,13 @@ enum Command {
     /// Print the shell completion script: subcommands, options, and account names from the
     /// running service. bash: himalaya-sync completions bash > ~/.local/share/bash-completion/completions/himalaya-sync
     Completions { shell: Shell },
-    /// Print the manual page (roff): himalaya-sync man > ~/.local/share/man/man1/himalaya-sync.1
-    Man,
+    /// Print the manual page (roff), or write it and one page per subcommand into a directory:
+    /// himalaya-sync man --out-dir ~/.local/share/man/man1
+    Man {
+        /// Write himalaya-sync.1 and himalaya-sync-SUBCOMMAND.1 here instead.
+        #[arg(long, value_name = "DIR")]
+        out_dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -182,7 +187,7 @@ fn main() -> ExitCode {
 async fn run(command: Command) -> ExitCode {
     let result = match command {
         Command::Completions { shell } => return completions(shell),
-        Command::Man => return man(),
+        Command::Man { out_dir } => return man(out_dir.as_deref()),
         Command::Daemon { mbsync_config, config } => return run_daemon(mbsync_config, config).await,
         Command::Sync { account, no_wait, quiet, json } => {
             cli::sync(&account, no_wait, print(quiet, json)).await
@@ -238,10 +243,12 @@ fn completions(shell: Shell) -> ExitCode {
     report_write(written)
 }
 
-/// The manual page, from the same definition as --help.
-fn man() -> ExitCode {
-    let page = clap_mangen::Man::new(Args::command());
-    report_write(page.render(&mut std::io::stdout().lock()))
+/// The manual pages, from the same definition as --help.
+fn man(out_dir: Option<&Path>) -> ExitCode {
+    match out_dir {
+        None => report_write(clap_mangen::Man::new(Args::command()).render(&mut std::io::stdout().lock())),
+        Some(dir) => report_write(clap_mangen::generate_to(Args::command(), dir)),
+    }
 }
 
 fn report_write(written: std::io::Result<()>) -> ExitCode {
