@@ -111,8 +111,14 @@ mod tests {
         let table = status_table(&records, now);
         let lines: Vec<&str> = table.lines().collect();
         assert_eq!(lines[0], "ACCOUNT  STATE                       MESSAGES       MAILBOX  RATE   LAST SYNC");
-        assert_eq!(lines[1], "alice    syncing                     2492/2500 99%  INBOX    120/s  ok 1 h 0 min ago");
-        assert_eq!(lines[2], "bob      idle                                                       ok 3 min 5 s ago");
+        assert_eq!(
+            lines[1],
+            "alice    syncing                     2492/2500 99%  INBOX    120/s  ok 1 h 0 min ago"
+        );
+        assert_eq!(
+            lines[2],
+            "bob      idle                                                       ok 3 min 5 s ago"
+        );
         assert!(lines[3].starts_with("work     failed"), "{table}");
         assert!(
             lines[3]

@@ -10,6 +10,7 @@ pub mod bus;
 /// The daemon under test and async bus helpers (daemon.rs, maintained with the service tests).
 pub mod daemon;
 pub mod dovecot;
+pub mod jobview;
 pub mod mail;
 pub mod mbsync;
 pub mod notifications;
