@@ -103,6 +103,11 @@ async fn bare_sync(tb: &Testbed) -> Duration {
 }
 
 fn replay_main(log: &str) {
+    // The daemon's config check (`mbsync -c FILE PROBE`): answer as mbsync does, at once.
+    if std::env::args().any(|a| a == himalaya_sync::mbsync_check::PROBE) {
+        eprintln!("No channel or group named '{}' defined.", himalaya_sync::mbsync_check::PROBE);
+        std::process::exit(1);
+    }
     let mut out = std::io::stdout().lock();
     let mut log = std::fs::File::create(log).unwrap();
     for i in 1..=RECORDS {
