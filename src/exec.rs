@@ -3,9 +3,10 @@
 //! every channel lock of the account, and serves `org.himalaya.Sync.LockHolder` so that the
 //! service relays its progress and may ask it to hand over (DESIGN.md, "Takeover and handoff").
 //!
-//! Exit status: mbsync's (128+N if signal N ended it); 0 after a handoff; 75 (`EX_TEMPFAIL`,
-//! "try again later") when the account is being synced already, by the service or anyone else,
-//! and mbsync was not started; 1 for a bad account, config or a missing mbsync.
+//! Exit status: mbsync's (128+N if signal N ended it, 1 if it exited 0 yet printed an error: see
+//! [`crate::runner::Exit::success`]); 0 after a handoff; 75 (`EX_TEMPFAIL`, "try again later")
+//! when the account is being synced already, by the service or anyone else, and mbsync was not
+//! started; 1 for a bad account, config or a missing mbsync.
 
 use std::{
     path::PathBuf,
@@ -142,9 +143,10 @@ fn exit_of(ended: &run::Ended) -> ExitCode {
     }
     eprintln!("himalaya-sync exec: {}", ended.exit.reason());
     let code = match (ended.exit.code, ended.exit.signal) {
-        (Some(code), _) => code,
+        // 0 with an error line (isync's exit 0 after a failed store) is a failure too.
+        (Some(code), _) if code != 0 => code,
         (None, Some(signal)) => 128 + signal,
-        (None, None) => 1,
+        _ => 1,
     };
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }

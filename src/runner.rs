@@ -95,11 +95,23 @@ pub struct Exit {
     pub stderr: String,
 }
 
+/// How the lines mbsync prints through its `error()` begin. isync 1.4.4 and 1.5.1 exit 0 after
+/// some of these: a message it cannot store (a full disk: `Maildir error: cannot write ...: No
+/// space left on device`) cancels the box, leaves the rest unsynced, and is never counted as a
+/// failure (`msg_copied`'s `COPY_FAIL`).
+const ERROR_PREFIXES: [&str; 5] = ["Maildir error:", "IMAP error:", "Socket error", "Error:", "Fatal:"];
+
 impl Exit {
-    /// mbsync's only success is exit code 0 (warnings on stderr do not change that).
+    /// A success is exit code 0 without an error line of mbsync's on stderr (warnings,
+    /// notices and a `PassCmd`'s own chatter do not change that).
     #[must_use]
     pub fn success(&self) -> bool {
-        self.code == Some(0)
+        self.code == Some(0) && !self.reported_an_error()
+    }
+
+    /// Whether mbsync printed one of its error lines (see [`ERROR_PREFIXES`]).
+    fn reported_an_error(&self) -> bool {
+        self.stderr.lines().map(str::trim_start).any(|l| ERROR_PREFIXES.iter().any(|p| l.starts_with(p)))
     }
 
     /// A one-line reason for a failure, from mbsync's stderr: its error lines, or the exit
@@ -449,5 +461,31 @@ mod tests {
             failed("Warning: lost track of 3 pulled message(s)\n").reason(),
             "mbsync exited with status 1"
         );
+    }
+
+    #[test]
+    fn exit_0_with_an_error_line_is_a_failure() {
+        let exited_0 = |stderr: &str| Exit { code: Some(0), signal: None, stderr: stderr.to_owned() };
+        // isync 1.4.4 and 1.5.1 on a full disk: exit 0, a third of the mail pulled.
+        let full = exited_0(
+            "/home/user/.mbsyncrc: notice: SSLType is deprecated. Use TLSType instead.\n\
+             Maildir error: cannot write /home/user/mail/INBOX/tmp/1796587110.22534_124.vm,U=124:2,S: \
+             No space left on device\n",
+        );
+        assert!(!full.success());
+        assert_eq!(
+            full.reason(),
+            "Maildir error: cannot write /home/user/mail/INBOX/tmp/1796587110.22534_124.vm,U=124:2,S: \
+             No space left on device"
+        );
+        // Warnings, notices and a helper's output are no failure.
+        let fine = exited_0(
+            "/home/user/.mbsyncrc: notice: SSLType is deprecated. Use TLSType instead.\n\
+             *** IMAP Warning *** Password is being sent in the clear\n\
+             Warning: lost track of 3 pulled message(s)\n\
+             gpg: encrypted with 3072-bit RSA key, ID 0123456789ABCDEF\n",
+        );
+        assert!(fine.success());
+        assert!(exited_0("").success());
     }
 }
