@@ -265,6 +265,65 @@ fn proxy_rate_pause_cut_refuse() {
     assert!(proxy.bytes_forwarded() > 0);
 }
 
+/// `Dovecot::stop` ends the server's open connections too (its master alone would leave their
+/// IMAP processes serving them), and `restart` serves again on the same port, same mail.
+#[test]
+fn dovecot_stop_ends_open_connections_and_restart_keeps_the_port() {
+    let mut bed = Testbed::new(&[("alice", "INBOX", 10)]);
+    let port = bed.dovecot.port();
+    let mut conn = TcpStream::connect(("127.0.0.1", port)).expect("connect to Dovecot");
+    conn.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    let mut buf = [0u8; 4096];
+    let n = conn.read(&mut buf).expect("greeting");
+    assert!(buf[..n].starts_with(b"* OK"), "{}", String::from_utf8_lossy(&buf[..n]));
+    conn.write_all(b"a LOGIN alice alicepw\r\n").expect("login");
+    let n = conn.read(&mut buf).expect("login answer");
+    assert!(String::from_utf8_lossy(&buf[..n]).contains("a OK"), "{}", String::from_utf8_lossy(&buf[..n]));
+    let stopping = Instant::now();
+    bed.dovecot.stop();
+    // The logged-in connection is closed (after a `* BYE`), not served on.
+    let mut rest = Vec::new();
+    let closed = loop {
+        match conn.read(&mut buf) {
+            Ok(0) => break true,
+            Ok(n) => rest.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break true,
+            Err(_) => break false,
+        }
+    };
+    assert!(closed, "the connection outlived the server: {}", String::from_utf8_lossy(&rest));
+    eprintln!("stop: closed after {:?}: {}", stopping.elapsed(), String::from_utf8_lossy(&rest).trim());
+    assert!(TcpStream::connect(("127.0.0.1", port)).is_err(), "a stopped server accepts");
+    bed.dovecot.restart();
+    assert_eq!(bed.dovecot.port(), port);
+    bed.run_mbsync(&["alice"], SYNC_TIMEOUT).assert_code(0, "sync after the restart");
+    bed.assert_in_sync("alice");
+}
+
+/// `PrivateBus::kill` closes every connection; `restart` listens again at the same path.
+#[test]
+fn private_bus_kill_and_restart_at_the_same_path() {
+    let mut bus = PrivateBus::start(None);
+    let path = |address: &str| address.split(',').next().unwrap_or_default().to_owned();
+    let before = path(bus.address());
+    let list_names = |address: &str| {
+        Command::new("dbus-send")
+            .arg(format!("--bus={address}"))
+            .args(["--print-reply", "--dest=org.freedesktop.DBus", "/org/freedesktop/DBus"])
+            .arg("org.freedesktop.DBus.ListNames")
+            .output()
+            .expect("run dbus-send")
+            .status
+            .success()
+    };
+    assert!(list_names(bus.address()));
+    bus.kill();
+    assert!(!list_names(bus.address()), "a killed bus answers");
+    bus.restart();
+    assert_eq!(path(bus.address()), before, "the same socket path");
+    assert!(list_names(bus.address()), "the restarted bus does not answer; log:\n{}", bus.log());
+}
+
 fn wipe_local(bed: &Testbed, user: &str) {
     let root = bed.maildir(user);
     std::fs::remove_dir_all(&root).expect("remove local maildir");

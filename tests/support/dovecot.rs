@@ -128,13 +128,24 @@ impl Dovecot {
         set_mode(base_dir.path(), 0o755);
 
         let mut dovecot = Dovecot { child: None, port: 0, owner, users, base_dir, dir };
-        dovecot.launch(&id);
+        dovecot.launch(&id, None);
         dovecot
     }
 
-    /// Pick a free port, start `dovecot -F` and wait for its greeting. A port taken by someone
-    /// else between our probe and Dovecot's bind gets up to 3 tries.
-    fn launch(&mut self, id: &Identity) {
+    /// Start the server again after [`Dovecot::stop`] (stopping it first if it runs), on the
+    /// same port, with the same config, mail and index files: a server that went down and came
+    /// back, as clients (and the proxy in front of it) see it. Waits for its greeting.
+    pub fn restart(&mut self) {
+        self.stop();
+        let port = self.port;
+        self.launch(&Identity::detect(), Some(port));
+    }
+
+    /// Start `dovecot -F` on `fixed` (a restart), else on a free port, and wait for its
+    /// greeting. A port taken by someone else between our probe and Dovecot's bind gets up to 3
+    /// tries: another port each time, or, for a fixed one, the same port a moment later (the
+    /// old server's sockets may still be closing).
+    fn launch(&mut self, id: &Identity, fixed: Option<u16>) {
         const ATTEMPTS: usize = 3;
         let root = self.dir.path().to_owned();
         let greeting = format!(
@@ -142,7 +153,10 @@ impl Dovecot {
             self.base_dir.path().file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
         );
         for attempt in 1..=ATTEMPTS {
-            let port = free_port();
+            if fixed.is_some() && attempt > 1 {
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            let port = fixed.unwrap_or_else(free_port);
             let conf = TEMPLATE
                 .replace("@ROOT@", &root.display().to_string())
                 .replace("@BASEDIR@", &self.base_dir.path().display().to_string())
@@ -186,7 +200,7 @@ impl Dovecot {
                     self.child = None;
                     let log = self.log();
                     if self.log_since(log_before).contains("Address already in use") && attempt < ATTEMPTS {
-                        break; // port race: try another port
+                        break; // port race: try another port (or the same one again)
                     }
                     panic!("dovecot exited with {status} during start; log:\n{log}");
                 }
@@ -264,23 +278,93 @@ impl Dovecot {
             .map(|name| fs::read_to_string(self.root().join("dovecot/log").join(name)).unwrap_or_default())
     }
 
-    /// Stop the server: SIGTERM, wait (bounded), then SIGKILL. Idempotent; also done on drop.
+    /// Stop the server: SIGTERM, wait (bounded), then SIGKILL; then end what is left of it.
+    /// Idempotent; also done on drop.
+    ///
+    /// Dovecot 2.3's master exits on SIGTERM without ending its IMAP processes: they go on
+    /// serving their open connections (an mbsync kept syncing for seconds through a "stopped"
+    /// server). A server that is stopped is gone, as after `systemctl stop`, which ends the whole
+    /// unit: so every process the master had started that is still there then gets SIGTERM (an
+    /// IMAP process says `* BYE` and closes), and SIGKILL if it stays.
     pub fn stop(&mut self) {
         let Some(mut child) = self.child.take() else {
             return;
         };
+        let family = descendants(child.id());
         // std has no SIGTERM and there is no libc crate here, so use kill(1).
-        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).stderr(Stdio::null()).status();
+        signal_all("TERM", &[(child.id(), None)]);
         let start = Instant::now();
-        while start.elapsed() < STOP_TIMEOUT {
-            if !matches!(child.try_wait(), Ok(None)) {
-                return;
-            }
+        while start.elapsed() < STOP_TIMEOUT && matches!(child.try_wait(), Ok(None)) {
             std::thread::sleep(Duration::from_millis(20));
         }
-        let _ = child.kill();
-        let _ = child.wait();
+        if matches!(child.try_wait(), Ok(None)) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let left =
+            || family.iter().copied().filter(|&(pid, start)| start_time(pid) == start).collect::<Vec<_>>();
+        if left().is_empty() {
+            return;
+        }
+        signal_all("TERM", &left());
+        let start = Instant::now();
+        while start.elapsed() < LEFTOVER_TIMEOUT && !left().is_empty() {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        signal_all("KILL", &left());
     }
+}
+
+/// How long processes a stopped master left behind get to exit after SIGTERM.
+const LEFTOVER_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Send `signal` with kill(1) to each pid (start times are only for the caller's filter).
+fn signal_all(signal: &str, pids: &[(u32, Option<u64>)]) {
+    if pids.is_empty() {
+        return;
+    }
+    let _ = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .args(pids.iter().map(|(pid, _)| pid.to_string()))
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// Fields of /proc/PID/stat after the command name (field 3, the state, is index 0).
+fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(") ")?;
+    Some(rest.split(' ').map(str::to_owned).collect())
+}
+
+/// The start time of a live process (None once it is gone or a zombie): with the pid it names
+/// one process, never a later one that got the same pid.
+fn start_time(pid: u32) -> Option<u64> {
+    let fields = stat_fields(pid)?;
+    if fields.first().is_some_and(|s| s == "Z") {
+        return None;
+    }
+    fields.get(19)?.parse().ok()
+}
+
+/// Every live descendant of `root`, with its start time.
+fn descendants(root: u32) -> Vec<(u32, Option<u64>)> {
+    let parents: Vec<(u32, u32)> = fs::read_dir("/proc")
+        .map(|dir| {
+            dir.filter_map(Result::ok)
+                .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+                .filter_map(|pid| Some((pid, stat_fields(pid)?.get(1)?.parse().ok()?)))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut found = vec![root];
+    let mut i = 0;
+    while i < found.len() {
+        let parent = found[i];
+        found.extend(parents.iter().filter(|(_, ppid)| *ppid == parent).map(|(pid, _)| *pid));
+        i += 1;
+    }
+    found.into_iter().skip(1).map(|pid| (pid, start_time(pid))).filter(|(_, start)| start.is_some()).collect()
 }
 
 impl Drop for Dovecot {
