@@ -12,7 +12,7 @@ pub enum Error {
     )]
     UnknownAccount { name: String, config: PathBuf, known: String },
 
-    #[error("{name:?} is not a valid account name: {reason}")]
+    #[error("{} is not a valid account name: {reason}", shown(.name))]
     InvalidAccount { name: String, reason: String },
 
     #[error(
@@ -55,5 +55,32 @@ pub enum Error {
     PermissionDenied(String),
 }
 
+/// A name as a message shows it: quoted, and cut short when long. A hostile name of many MiB must
+/// not come back whole (or grown by escaping past the bus's message limit) in the answer.
+fn shown(name: &str) -> String {
+    const MAX_CHARS: usize = 64;
+    if name.chars().nth(MAX_CHARS).is_none() {
+        return format!("{name:?}");
+    }
+    let head: String = name.chars().take(MAX_CHARS).collect();
+    format!("{head:?}... ({} bytes)", name.len())
+}
+
 /// The core's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_invalid_name_is_cut_short_in_the_message() {
+        let err =
+            Error::InvalidAccount { name: "\u{1}".repeat(1 << 20), reason: "control characters".into() };
+        let text = err.to_string();
+        assert!(text.len() < 512, "{} bytes", text.len());
+        assert!(text.contains("(1048576 bytes)"), "{text}");
+        let short = Error::InvalidAccount { name: "-a".into(), reason: "an option".into() };
+        assert_eq!(short.to_string(), "\"-a\" is not a valid account name: an option");
+    }
+}
