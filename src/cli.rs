@@ -640,7 +640,7 @@ struct State {
     auto_takeover_timeout: u32,
 }
 
-async fn current_state(proxy: &ServiceProxy<'_>) -> zbus::Result<State> {
+async fn current_state(proxy: &ServiceProxy<'_>) -> std::result::Result<State, SyncError> {
     let accounts =
         proxy.get_all_progress().await?.iter().map(|(k, v)| (k.clone(), record_to_json(v))).collect();
     Ok(State {

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use zbus::{interface, object_server::SignalEmitter};
+use zbus::{interface, message::Header, object_server::SignalEmitter};
 
 use super::{
     errors::SyncError,
@@ -24,6 +24,20 @@ fn stopped_dict(s: &Stopped) -> Dict {
     d
 }
 
+/// zbus gives a method without arguments whatever body came; a call with arguments is a wrong
+/// call, answered as one (as for every other method) instead of quietly served.
+fn no_arguments(header: &Header<'_>, method: &str) -> Result<(), SyncError> {
+    match header.signature() {
+        zbus::Signature::Unit => Ok(()),
+        other => Err(SyncError::ZBus(
+            zbus::fdo::Error::InvalidArgs(format!(
+                "{method} takes no arguments, but was called with signature \"{other}\""
+            ))
+            .into(),
+        )),
+    }
+}
+
 /// The main interface.
 pub struct Service {
     pub(crate) core: Core<BusLocks>,
@@ -35,7 +49,9 @@ pub struct Service {
 )]
 impl Service {
     /// The channels and groups of the user's mbsync config.
-    fn list_accounts(&self) -> Result<Vec<String>, SyncError> {
+    #[allow(clippy::needless_pass_by_value)] // zbus hands the header over by value.
+    fn list_accounts(&self, #[zbus(header)] header: Header<'_>) -> Result<Vec<String>, SyncError> {
+        no_arguments(&header, "ListAccounts")?;
         Ok(self.core.accounts()?)
     }
 
@@ -68,8 +84,13 @@ impl Service {
     }
 
     /// Every account's progress record.
-    fn get_all_progress(&self) -> HashMap<String, Dict> {
-        self.core.all_progress().iter().map(|(k, r)| (k.clone(), to_dict(r))).collect()
+    #[allow(clippy::needless_pass_by_value)] // zbus hands the header over by value.
+    fn get_all_progress(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<HashMap<String, Dict>, SyncError> {
+        no_arguments(&header, "GetAllProgress")?;
+        Ok(self.core.all_progress().iter().map(|(k, r)| (k.clone(), to_dict(r))).collect())
     }
 
     /// Every meaningful change of an account's progress (at most ~10/s, the final state always).
