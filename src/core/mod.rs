@@ -786,6 +786,17 @@ pub fn read_mbsync_config(
     settings: &Settings,
 ) -> Result<MbsyncConfig, String> {
     let path = &settings.mbsync_config;
+    // A device, FIFO or directory (`-c /dev/zero`) is no config, and reading one may never end;
+    // nor is a file of many MiB. Refused before mbsync is asked or a byte read.
+    if let Ok(meta) = std::fs::metadata(path)
+        && (!meta.is_file() || meta.len() > MAX_CONFIG_BYTES)
+    {
+        let what = if meta.is_file() { "larger than 16 MiB" } else { "not a regular file" };
+        return Err(format!(
+            "the mbsync config {} is {what}; give the path of your mbsyncrc",
+            path.display()
+        ));
+    }
     let program = || config::find_program(&settings.config.mbsync, std::env::var_os("PATH").as_deref());
     check.check(path, program).map_err(|err| {
         format!("mbsync refuses the config file {}: {err}; fix what it names", path.display())
@@ -795,6 +806,9 @@ pub fn read_mbsync_config(
     mbsyncrc::parse_bytes(&bytes)
         .map_err(|err| format!("the mbsync config {} is invalid: {err}", path.display()))
 }
+
+/// No mbsync config comes near this; a bigger file is the wrong one.
+const MAX_CONFIG_BYTES: u64 = 16 << 20;
 
 /// Read and parse the mbsync config into `inner`, keeping the slots of accounts that remain
 /// (and of running ones even if they vanished from the file).
