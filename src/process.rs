@@ -180,6 +180,14 @@ pub fn register<T: std::os::fd::AsRawFd>(owner: T) -> io::Result<AsyncFd<T>> {
     unsafe { AsyncFd::register_with_interest(owner, tokio::io::Interest::READABLE) }.map_err(io::Error::from)
 }
 
+/// Whether process `pid` runs an executable named `mbsync`: a cheap first test (one
+/// `readlink`, which fails for other users' processes) before [`ProcInfo::read`].
+#[must_use]
+pub fn exe_is_mbsync(pid: u32) -> bool {
+    std::fs::read_link(format!("/proc/{pid}/exe"))
+        .is_ok_and(|exe| exe.file_name().is_some_and(|n| n == "mbsync"))
+}
+
 /// Every PID in /proc.
 pub fn all_pids() -> impl Iterator<Item = u32> {
     std::fs::read_dir("/proc")
@@ -212,6 +220,7 @@ mod tests {
         assert_eq!(me.uid, my_uid());
         assert!(!me.argv.is_empty());
         assert!(!me.is_mbsync_of(my_uid()));
+        assert!(!exe_is_mbsync(std::process::id()));
     }
 
     #[tokio::test]
