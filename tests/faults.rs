@@ -574,7 +574,7 @@ async fn bus_restart_the_service_exits_and_resumes_when_activated_again() {
         println!("bus killed: the service exited {:?} after", killed.elapsed());
         assert!(exited(mbsync[0]) && mbsync_pids_for(&tb.mbsyncrc()).is_empty(), "an mbsync outlived it");
         let log = bus.log();
-        assert!(log.contains("shutting down"), "{log}");
+        assert!(log.contains("shutting down") && log.contains("outcome=Interrupted"), "{log}");
         let state = std::fs::read_to_string(tb.home().join(".local/state/himalaya-sync/state.json")).unwrap();
         assert!(state.contains("\"interrupted\": true"), "the sync is recorded as interrupted: {state}");
 
