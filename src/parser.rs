@@ -1,7 +1,8 @@
 //! mbsync output parser: bytes from mbsync's stdout (a pty) in, [`Event`]s out.
 //!
 //! Pure: no I/O, no clocks, std only. The tests at the bottom run on captured real output in
-//! `tests/fixtures/captures/` (isync 1.4.4) and `tests/fixtures/captures-isync-1.5.1/`.
+//! `tests/fixtures/captures/` (isync 1.4.4), `tests/fixtures/captures-isync-1.5.1/` and
+//! `tests/fixtures/captures-isync-1.3.0/`.
 //!
 //! What mbsync writes (isync 1.4.4, measured):
 //! * With stdout on a tty, progress records `\rC: a/b  B: c/d  F: ...  N: ...` with **no**
@@ -12,6 +13,8 @@
 //! * isync 1.5 prints records at most every ~300 ms, so its last one is usually not the final
 //!   state (`N: +2472/2500`); at the end it blanks the line and prints a [`Summary`] of what was
 //!   done (`Channels: 1    Boxes: 2    Far: +0 *0 #0 -0    Near: +2500 *0 #0 -0`).
+//! * isync 1.3.0 prints as 1.4.4 does, with `M:`/`S:` for `F:`/`N:` and "master"/"slave" for
+//!   "far side"/"near side" (`Opening slave box INBOX...`, `Creating slave Archive...`).
 //!
 //! Records cut by a narrow `COLUMNS` (`F: +0/0 *0~`) are dropped silently and only counted
 //! ([`Parser::dropped_records`]): their numbers are incomplete and [`Stats`] cannot mark a field
@@ -270,7 +273,8 @@ fn looks_like_progress(text: &str) -> bool {
     text.strip_prefix("C:").is_some_and(|rest| rest.trim_start().starts_with(|c: char| c.is_ascii_digit()))
 }
 
-/// `-V` lines naming a box. isync 1.3 says "master"/"slave" for far/near.
+/// `-V` lines naming a box. isync 1.3 says "master"/"slave" for far/near, and creates a box
+/// without the word "box": `Creating slave Archive...` (measured, captures-isync-1.3.0).
 const MAILBOX_PREFIXES: [(&str, Side); 8] = [
     ("Opening far side box ", Side::Far),
     ("Opening near side box ", Side::Near),
@@ -278,8 +282,8 @@ const MAILBOX_PREFIXES: [(&str, Side); 8] = [
     ("Creating near side box ", Side::Near),
     ("Opening master box ", Side::Far),
     ("Opening slave box ", Side::Near),
-    ("Creating master box ", Side::Far),
-    ("Creating slave box ", Side::Near),
+    ("Creating master ", Side::Far),
+    ("Creating slave ", Side::Near),
 ];
 
 /// Classifies a trimmed, non-empty, non-record line.
@@ -453,8 +457,20 @@ mod tests {
         };
     }
 
-    /// Every capture the tests use, copied from the measurement notes: isync 1.4.4, then 1.5.1.
-    const CAPTURES: [(&str, &[u8]); 21] = [
+    /// isync 1.3.0's captures are named with their directory: some file names are those of
+    /// 1.4 and 1.5 captures too.
+    macro_rules! capture13 {
+        ($name:literal) => {
+            (
+                concat!("isync-1.3.0/", $name),
+                include_bytes!(concat!("../tests/fixtures/captures-isync-1.3.0/", $name)) as &[u8],
+            )
+        };
+    }
+
+    /// Every real capture the tests use: isync 1.4.4 (copied from the measurement notes), then
+    /// 1.5.1, then 1.3.0.
+    const CAPTURES: [(&str, &[u8]); 29] = [
         capture!("a_plain_notty_initial.stdout"),
         capture!("b_verbose_notty_initial.stdout"),
         capture!("c_pty_columns40.stdout"),
@@ -476,6 +492,14 @@ mod tests {
         capture15!("pty_verbose_flags_expunge.raw"),
         capture15!("pty_verbose_initial_alice.raw"),
         capture15!("pty_verbose_wrong_password.raw"),
+        capture13!("pty_verbose_two_boxes.stdout"),
+        capture13!("pty_plain_resync_flags.stdout"),
+        capture13!("pty_verbose_initial_bob.raw"),
+        capture13!("pty_verbose_everyone.stdout"),
+        capture13!("notty_verbose_everyone.stdout"),
+        capture13!("pty_verbose_wrong_password.raw"),
+        capture13!("pty_plain_wrong_password.stdout"),
+        capture13!("pty_plain_wrong_password.stderr"),
     ];
 
     fn capture(name: &str) -> &'static [u8] {
@@ -681,7 +705,7 @@ mod tests {
             Connecting to 127.0.0.1 (127.0.0.1:10143)... \nLogging in...\n\
             Opening far side box INBOX...\nOpening near side box My Box...\n\
             Creating near side box Archive...\nCreating far side box Sent...\n\
-            Opening master box Old...\nCreating slave box Old2...\n\
+            Opening master box Old...\nCreating slave Old2...\n\
             Loading far side box...\nnear side: 0 messages, 0 recent\nSynchronizing...\n\
             Maildir notice: sleeping due to recent directory modification.\n\
             Processed 3 box(es) in 1 channel(s),\npulled 2570 new message(s) and 0 flag update(s).\n\
@@ -1120,6 +1144,159 @@ mod tests {
         assert!(summaries_of(&failed).is_empty());
         assert_eq!(stats_of(&failed).last(), Some(&st(c(0, 1), c(0, 0), c15(Z, Z), c15(Z, Z))));
         assert!(matches!(failed.last(), Some(Event::Info(t)) if t.contains("AUTHENTICATIONFAILED")));
+    }
+
+    // ---- isync 1.3.0 ----
+
+    /// The `-V` box lines of `events`, in order.
+    fn boxes_of(events: &[Event]) -> Vec<(Side, &str)> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Mailbox { side, name } => Some((*side, name.as_str())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Channel names announced by `-V`, in order.
+    fn channels_of(events: &[Event]) -> Vec<&str> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Channel(name) => Some(name.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn capture_13_initial_two_boxes() {
+        use Side::{Far, Near};
+        let name = "isync-1.3.0/pty_verbose_two_boxes.stdout";
+        let (events, parser) = run_chunks([capture(name)]);
+        let stats = stats_of(&events);
+        // Like 1.4: a record per change (two per message), the last one final, no summary.
+        assert_eq!(stats.len(), 505);
+        assert_eq!(stats[0], st(c(0, 1), c(0, 0), sc(Z, Z, Z), sc(Z, Z, Z)));
+        let last = st(c(1, 1), c(2, 2), sc(Z, Z, Z), sc(c(250, 250), Z, Z));
+        assert_eq!(stats.last(), Some(&last));
+        assert_eq!(events.last(), Some(&Event::Stats(last)));
+        assert!(summaries_of(&events).is_empty());
+        assert_eq!(parser.dropped_records(), 0);
+        for w in stats.windows(2) {
+            assert!(w[1].near.new.done >= w[0].near.new.done && w[1].boxes.done >= w[0].boxes.done);
+            assert!(w[1].near.new.total >= w[0].near.new.total);
+        }
+        // "Creating slave Archive..." (no "box" in 1.3) names the box too.
+        assert_eq!(
+            boxes_of(&events),
+            [(Far, "INBOX"), (Near, "INBOX"), (Far, "Archive"), (Near, "Archive"), (Near, "Archive")]
+        );
+        assert_eq!(channels_of(&events), ["alice"]);
+        for op in [
+            "Opening master store alice-remote",
+            "Opening slave store alice-local",
+            "Connecting to 127.0.0.1 (127.0.0.1:10143)",
+            "Authenticating with SASL mechanism PLAIN",
+            "Loading master",
+            "Loading slave",
+        ] {
+            assert!(events.contains(&Event::Operation(op.to_owned())), "{op}");
+        }
+        assert_eq!(events.iter().filter(|e| **e == Event::Operation("Synchronizing".into())).count(), 2);
+        assert!(events.contains(&Event::Info("master: 200 messages, 200 recent".into())));
+        assert!(events.contains(&Event::Info("slave: 0 messages, 0 recent".into())));
+        // Store, resolve, connect, log in, authenticate, then load, load, synchronize per box:
+        // no other 1.3 line fell through to an operation.
+        assert_eq!(events.iter().filter(|e| matches!(e, Event::Operation(_))).count(), 12);
+    }
+
+    #[test]
+    fn capture_13_finals_are_exact() {
+        let last = |name| {
+            let (events, parser) = run_chunks([capture(name)]);
+            assert_eq!(parser.dropped_records(), 0, "{name}");
+            assert!(summaries_of(&events).is_empty(), "{name}");
+            stats_of(&events).last().copied()
+        };
+        // A plain resync after flag changes on both sides and 5 new server messages.
+        assert_eq!(
+            last("isync-1.3.0/pty_plain_resync_flags.stdout"),
+            Some(st(c(1, 1), c(2, 2), sc(Z, c(20, 20), Z), sc(c(5, 5), c(30, 30), Z)))
+        );
+        // `script`-style: stderr on the pty too and every `\n` a `\r\n`; one box of 300.
+        assert_eq!(
+            last("isync-1.3.0/pty_verbose_initial_bob.raw"),
+            Some(st(c(1, 1), c(1, 1), sc(Z, Z, Z), sc(c(300, 300), Z, Z)))
+        );
+        // Two channels, three boxes, 10 new messages.
+        assert_eq!(
+            last("isync-1.3.0/pty_verbose_everyone.stdout"),
+            Some(st(c(2, 2), c(3, 3), sc(Z, Z, Z), sc(c(10, 10), Z, Z)))
+        );
+        let everyone = run(capture("isync-1.3.0/pty_verbose_everyone.stdout"));
+        assert_eq!(channels_of(&everyone), ["alice", "bob"]);
+        // Bob's channel line follows alice's final record.
+        let bob = everyone.iter().position(|e| *e == Event::Channel("bob".into())).expect("bob");
+        assert!(matches!(&everyone[bob - 1], Event::Stats(s) if s.channels == c(1, 2)));
+
+        // Without a tty: -V lines only.
+        let notty = run(capture("isync-1.3.0/notty_verbose_everyone.stdout"));
+        assert!(stats_of(&notty).is_empty());
+        assert_eq!(channels_of(&notty), ["alice", "bob"]);
+        assert_eq!(boxes_of(&notty).len(), 6);
+        assert_eq!(notty.iter().filter(|e| **e == Event::Operation("Synchronizing".into())).count(), 3);
+    }
+
+    #[test]
+    fn capture_13_runs_end_exact_in_the_progress_model() {
+        use crate::progress::{Outcome, Progress};
+        for (name, messages, boxes, channels) in [
+            ("isync-1.3.0/pty_verbose_two_boxes.stdout", 250, 2, 1),
+            ("isync-1.3.0/pty_plain_resync_flags.stdout", 5, 2, 1),
+            ("isync-1.3.0/pty_verbose_initial_bob.raw", 300, 1, 1),
+            ("isync-1.3.0/pty_verbose_everyone.stdout", 10, 3, 2),
+        ] {
+            let mut model = Progress::new();
+            let mut now = 1_000_000;
+            model.start(1, Vec::new(), now);
+            let mut shown = 0.0;
+            for event in run(capture(name)) {
+                now += 1_000;
+                model.apply(&event, now);
+                if let Some(percent) = model.record().percent {
+                    assert!(percent >= shown && percent < 100.0, "{name}: {percent} after {shown}");
+                    shown = percent;
+                }
+            }
+            model.finish(&Outcome::Ok, now + 1_000);
+            let r = model.record();
+            assert_eq!(r.messages, Some(c(messages, messages)), "{name}");
+            assert_eq!(r.boxes, Some(c(boxes, boxes)), "{name}");
+            assert_eq!(r.channels, Some(c(channels, channels)), "{name}");
+            assert_eq!(r.percent, Some(100.0), "{name}");
+        }
+    }
+
+    #[test]
+    fn capture_13_wrong_password() {
+        // 1.3 counts the failed channel as done and no box at all: C: 1/1  B: 0/0.
+        let failed = st(c(1, 1), c(0, 0), sc(Z, Z, Z), sc(Z, Z, Z));
+        let raw = run(capture("isync-1.3.0/pty_verbose_wrong_password.raw"));
+        assert_eq!(stats_of(&raw), [st(c(0, 1), c(0, 0), sc(Z, Z, Z), sc(Z, Z, Z)), failed]);
+        assert!(boxes_of(&raw).is_empty());
+        let error =
+            raw.iter().position(|e| matches!(e, Event::Info(t) if t.contains("AUTHENTICATIONFAILED")));
+        assert_eq!(error, Some(raw.len() - 2), "the error line, then the final record");
+        // As the daemon runs it: stdout has the two records only, the error is on stderr.
+        let plain = run(capture("isync-1.3.0/pty_plain_wrong_password.stdout"));
+        assert_eq!(
+            plain,
+            [Event::Stats(st(c(0, 1), c(0, 0), sc(Z, Z, Z), sc(Z, Z, Z))), Event::Stats(failed)]
+        );
+        let stderr = run(capture("isync-1.3.0/pty_plain_wrong_password.stderr"));
+        assert!(matches!(&stderr[..], [Event::Info(t)] if t.contains("AUTHENTICATIONFAILED")));
     }
 
     #[test]
