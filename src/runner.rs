@@ -399,7 +399,10 @@ fn spawn_pty_reader(
                     break;
                 }
             } else if small_read {
-                std::thread::sleep(PACE);
+                // Never past the due time: output held beyond it misses the publish it was held
+                // for and waits a whole interval more (a burst showed records 200 ms old).
+                let left = due().saturating_sub(micros_on_clock(std::time::Instant::now()));
+                std::thread::sleep(PACE.min(Duration::from_micros(left)));
             }
         }
     })?;
