@@ -94,8 +94,10 @@ pub async fn drive(
     let mut publish_at: Option<Instant> = None;
     let mut kill_at: Option<Instant> = None;
     let mut stopped = None;
-    throttle.sent(Instant::now().into_std());
-    let mut moved_at = Instant::now();
+    let started = Instant::now();
+    throttle.sent(started.into_std());
+    mbsync.release_at(started + throttle::DEFAULT_INTERVAL);
+    let mut moved_at = started;
     let stall_check = tokio::time::sleep_until(moved_at + limits.stall);
     tokio::pin!(stall_check);
     let mut stuck = false;
@@ -113,13 +115,19 @@ pub async fn drive(
                     }
                     parser.feed(&bytes, &mut events);
                     if sink.apply(&mut events) {
-                        match throttle.changed(Instant::now().into_std()) {
-                            Decision::Send => sink.publish(),
-                            Decision::SendAt(at) => publish_at = Some(at.into()),
+                        let now = Instant::now();
+                        match throttle.changed(now.into_std()) {
+                            Decision::Send => {
+                                sink.publish();
+                                mbsync.release_at(now + throttle::DEFAULT_INTERVAL);
+                            }
+                            Decision::SendAt(at) => {
+                                publish_at = Some(at.into());
+                                mbsync.hold_until(publish_at);
+                            }
                             Decision::Pending => {}
                         }
                     }
-                    mbsync.hold_until(publish_at);
                 }
                 Output::Exited(exit) => {
                     parser.finish(&mut events);
@@ -141,9 +149,10 @@ pub async fn drive(
             }
             () = sleep_until(publish_at.unwrap_or_else(Instant::now)), if publish_at.is_some() => {
                 publish_at = None;
-                mbsync.hold_until(None);
-                throttle.fired(Instant::now().into_std());
+                let now = Instant::now();
+                throttle.fired(now.into_std());
                 sink.publish();
+                mbsync.release_at(now + throttle::DEFAULT_INTERVAL);
             }
             Some(reason) = stop.recv(), if stopped.is_none() => {
                 stopped = Some(reason);
