@@ -113,7 +113,7 @@ pub async fn drive(
                         throttle.sent(moved_at.into_std());
                         sink.publish();
                     }
-                    parser.feed(&bytes, &mut events);
+                    parser.feed_latest(&bytes, &mut events);
                     if sink.apply(&mut events) {
                         let now = Instant::now();
                         match throttle.changed(now.into_std()) {
