@@ -91,11 +91,11 @@ async fn run() {
         }
     }
     let (plugin_idle, watch_idle) = idle_wakeups(&mut run);
-    let dir = run.dir.path().to_owned();
+    // Read before the run ends: its temp dir goes with it.
+    let seen: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(run.dir.path().join("latency.json")).unwrap()).unwrap();
     let done = run.wait(Duration::from_secs(30));
     assert_eq!(done.code(), Some(0), "{}\n{}", done.stdout, done.stderr);
-    let seen: Vec<serde_json::Value> =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("latency.json")).unwrap()).unwrap();
     let mut latency = Vec::new();
     for s in &seen {
         let key = (s["done"].as_u64().unwrap(), s["state"].as_str().unwrap().to_owned());
