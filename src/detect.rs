@@ -93,11 +93,23 @@ impl std::os::fd::AsRawFd for Ino {
     }
 }
 
+/// Whether a directory below a lock place may be a box. Not a hidden one, and not a Maildir's
+/// own `cur`, `new` and `tmp` (the Inbox is a place and a box at once): a watch there would wake
+/// the service for every message file mbsync opens.
+fn may_be_a_box(name: &std::ffi::OsStr) -> bool {
+    let name = name.to_string_lossy();
+    !name.starts_with('.') && !matches!(name.as_ref(), "cur" | "new" | "tmp")
+}
+
 /// The running watch.
 struct Watch {
     fd: AsyncFd<Ino>,
     /// Watched directory per descriptor, and whether its subdirectories are boxes to watch too.
     dirs: HashMap<WatchDescriptor, (PathBuf, bool)>,
+    /// Places that do not exist yet (mbsync creates `~/.mbsync` at its first run; a user makes
+    /// the Maildir root, or removes and makes it again): their nearest existing ancestor is
+    /// watched for the next directory on the way, and its creation places the watch anew.
+    awaited: HashMap<WatchDescriptor, Vec<std::ffi::OsString>>,
 }
 
 impl Watch {
@@ -116,40 +128,87 @@ impl Watch {
 
     /// Watch the lock places of the core's current config (and nothing else).
     fn place<L: Locks>(&mut self, core: &Core<L>) {
-        for (wd, _) in self.dirs.drain() {
+        let old: Vec<WatchDescriptor> =
+            self.dirs.drain().map(|(wd, _)| wd).chain(self.awaited.drain().map(|(wd, _)| wd)).collect();
+        for wd in old {
             let _ = self.fd.get_ref().0.rm_watch(wd);
         }
         let Some(config) = core.mbsync_config() else { return };
         let paths = &core.settings().paths;
+        let mut missing = Vec::new();
         for dir in lock_places(&config, &paths.home, &paths.state_home) {
+            if !dir.is_dir() {
+                missing.push(dir);
+                continue;
+            }
             self.add(&dir, true);
             // Box directories one level down (a Maildir store root holds its boxes).
             for sub in std::fs::read_dir(&dir).into_iter().flatten().filter_map(Result::ok) {
-                if sub.file_type().is_ok_and(|t| t.is_dir())
-                    && !sub.file_name().to_string_lossy().starts_with('.')
-                {
+                if sub.file_type().is_ok_and(|t| t.is_dir()) && may_be_a_box(&sub.file_name()) {
                     self.add(&sub.path(), false);
                 }
             }
         }
+        // After the places, whose watches an ancestor's may share.
+        for dir in missing {
+            self.await_creation(&dir);
+        }
     }
 
-    /// Follow new box directories; the `*.lock` files that were opened.
-    fn handle(&mut self, events: Vec<nix::sys::inotify::InotifyEvent>) -> Vec<PathBuf> {
+    /// Watch the nearest existing ancestor of `dir` for the directory that leads to it.
+    fn await_creation(&mut self, dir: &Path) {
+        let Some(ancestor) = dir.ancestors().skip(1).find(|a| a.is_dir()) else { return };
+        let Some(next) = dir.strip_prefix(ancestor).ok().and_then(|rest| rest.components().next()) else {
+            return;
+        };
+        let mut flags = AddWatchFlags::IN_CREATE | AddWatchFlags::IN_MOVED_TO | AddWatchFlags::IN_ONLYDIR;
+        // A second watch of one directory replaces the first one's mask: keep what a place or
+        // box watch of it asked for.
+        if self.dirs.values().any(|(d, _)| d == ancestor) {
+            flags |= AddWatchFlags::IN_OPEN;
+        }
+        match self.fd.get_ref().0.add_watch(ancestor, flags) {
+            Ok(wd) => {
+                tracing::debug!(place = %dir.display(), watched = %ancestor.display(), "a lock place does not exist yet");
+                let names = self.awaited.entry(wd).or_default();
+                if !names.iter().any(|n| n.as_os_str() == next.as_os_str()) {
+                    names.push(next.as_os_str().to_owned());
+                }
+            }
+            Err(err) => tracing::debug!(dir = %ancestor.display(), %err, "not watched"),
+        }
+    }
+
+    /// Follow new box directories; the `*.lock` files that were opened; and whether the places
+    /// must be watched anew (one was removed, or a missing one is on its way).
+    fn handle(&mut self, events: Vec<nix::sys::inotify::InotifyEvent>) -> (Vec<PathBuf>, bool) {
         let mut locks = Vec::new();
+        let mut replace = false;
         for event in events {
+            if let (Some(names), Some(name)) = (self.awaited.get(&event.wd), &event.name)
+                && event.mask.contains(AddWatchFlags::IN_ISDIR)
+                && names.contains(name)
+            {
+                replace = true;
+            }
             let Some((dir, boxes_below)) = self.dirs.get(&event.wd).cloned() else { continue };
+            // The kernel dropped the watch: the place itself was removed (our own removals
+            // happen after `dirs` forgot the descriptor).
+            if boxes_below && event.mask.contains(AddWatchFlags::IN_IGNORED) {
+                replace = true;
+                continue;
+            }
             let Some(name) = event.name else { continue };
             let path = dir.join(&name);
             if event.mask.contains(AddWatchFlags::IN_CREATE) && event.mask.contains(AddWatchFlags::IN_ISDIR) {
-                if boxes_below {
+                if boxes_below && may_be_a_box(&name) {
                     self.add(&path, false);
                 }
             } else if name.to_string_lossy().ends_with(".lock") && !locks.contains(&path) {
                 locks.push(path);
             }
         }
-        locks
+        (locks, replace)
     }
 }
 
@@ -164,7 +223,7 @@ pub async fn watch<L: Locks>(core: Core<L>) {
             return;
         }
     };
-    let mut watch = Watch { fd, dirs: HashMap::new() };
+    let mut watch = Watch { fd, dirs: HashMap::new(), awaited: HashMap::new() };
     loop {
         watch.place(&core);
         loop {
@@ -189,8 +248,12 @@ pub async fn watch<L: Locks>(core: Core<L>) {
                         }
                     };
                     drop(guard);
-                    for path in watch.handle(events) {
+                    let (locks, replace) = watch.handle(events);
+                    for path in locks {
                         core.lock_opened(&path);
+                    }
+                    if replace {
+                        break;
                     }
                 }
                 // An edit may add channels, stores or SyncState places.

@@ -667,3 +667,83 @@ async fn a_bare_mbsync_on_a_channel_added_later_is_seen() {
     })
     .await;
 }
+
+/// Wait (at most 1 s) until a bare mbsync of `account`, started now, shows as external.
+async fn seen_within_a_second(w: &World, account: &str) -> support::Spawned {
+    let mut changes = w.svc.receive_progress_changed().await.unwrap();
+    let started = std::time::Instant::now();
+    let bare = w.tb.spawn_mbsync(&[account]);
+    loop {
+        let s =
+            tokio::time::timeout(Duration::from_secs(1).saturating_sub(started.elapsed()), changes.next())
+                .await
+                .unwrap_or_else(|_| panic!("a bare mbsync of {account} was not seen within 1 s"))
+                .unwrap();
+        let args = s.args().unwrap();
+        if args.account == account && state(&args.progress) == "external" {
+            println!("seen {:?} after it started", started.elapsed());
+            return bare;
+        }
+    }
+}
+
+/// The Maildir root (a place of mbsync's lock files) does not exist when the service starts, and
+/// later is removed and made again: each time, once it is there, a bare mbsync in it is seen
+/// within 1 s (the service watches the nearest existing directory for it; it used to watch
+/// nothing until a restart).
+#[tokio::test]
+async fn a_bare_mbsync_is_seen_in_a_maildir_made_after_the_service_started() {
+    with_timeout(async {
+        let tb = support::Testbed::new(&[("alice", "INBOX", 600)]);
+        let root = tb.maildir("alice");
+        std::fs::remove_dir_all(&root).unwrap();
+        let w = World::around(tb).await;
+        w.tb.proxy.set_rate(Some(100_000));
+        for round in ["made after the start", "removed and made again"] {
+            println!("{round}");
+            if root.exists() {
+                std::fs::remove_dir_all(&root).unwrap();
+            }
+            std::fs::create_dir_all(&root).unwrap();
+            // The user's first sync (by the service) makes the boxes, as in the tests above.
+            let mut fin = w.svc.receive_sync_finished().await.unwrap();
+            w.tb.proxy.set_rate(None);
+            w.svc.sync("alice").await.unwrap();
+            assert!(finished(&mut fin, "alice").await.0, "{round}: the first sync");
+            w.tb.dovecot.add_messages("alice", "INBOX", 600);
+            w.tb.proxy.set_rate(Some(100_000));
+            let bare = seen_within_a_second(&w, "alice").await;
+            drop(bare);
+            wait_until("alice to be idle again", LONG, || async {
+                matches!(state(&w.svc.get_progress("alice").await.unwrap()).as_str(), "idle" | "failed")
+            })
+            .await;
+        }
+    })
+    .await;
+}
+
+/// A service started after the first sync (every start but the very first) watches the Inbox,
+/// which is a lock place and a box at once, but not its `cur`, `new` and `tmp`: a bare mbsync
+/// inside a box does not wake it per message file (it woke ~600 times in 2 s).
+#[tokio::test]
+async fn a_service_started_after_the_first_sync_does_not_wake_per_message() {
+    with_timeout(async {
+        let tb = support::Testbed::new(&[("alice", "INBOX", 20)]);
+        tb.run_mbsync(&["alice"], LONG).assert_code(0, "the first sync, before the service");
+        let w = World::around(tb).await;
+        w.tb.dovecot.add_messages("alice", "INBOX", 1500);
+        w.tb.proxy.set_rate(Some(200_000));
+        let mut bare = seen_within_a_second(&w, "alice").await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let woke = wakeups(w.daemon.pid());
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let woke = wakeups(w.daemon.pid()) - woke;
+        println!("the daemon woke {woke} times in 2 s of an external sync");
+        assert!(!bare.has_exited(), "the bare sync was over too soon to tell");
+        assert!(woke <= 5, "the daemon woke {woke} times in 2 s while a bare mbsync ran");
+        w.tb.proxy.set_rate(None);
+        bare.wait(LONG).assert_code(0, "the bare mbsync");
+    })
+    .await;
+}
