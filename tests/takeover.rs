@@ -741,7 +741,9 @@ async fn a_service_started_after_the_first_sync_does_not_wake_per_message() {
         let woke = wakeups(w.daemon.pid()) - woke;
         println!("the daemon woke {woke} times in 2 s of an external sync");
         assert!(!bare.has_exited(), "the bare sync was over too soon to tell");
-        assert!(woke <= 5, "the daemon woke {woke} times in 2 s while a bare mbsync ran");
+        // ~700 messages arrive in those 2 s: a wakeup per message file would be hundreds. A
+        // few remain for the files mbsync opens in the box itself (its state, `.uidvalidity`).
+        assert!(woke <= 50, "the daemon woke {woke} times in 2 s while a bare mbsync ran");
         w.tb.proxy.set_rate(None);
         bare.wait(LONG).assert_code(0, "the bare mbsync");
     })
