@@ -158,16 +158,7 @@ impl Parser {
     /// later). A record that then grows (a chunk boundary inside a number, `...#0/1` then `0`)
     /// is reported again with its new value, so an intermediate value is possible in that case.
     pub fn feed(&mut self, bytes: &[u8], out: &mut Vec<Event>) {
-        let mut rest = bytes;
-        while let Some(end) = rest.iter().position(|&b| b == b'\r' || b == b'\n') {
-            let (piece, tail) = rest.split_at(end);
-            self.append(piece, out);
-            self.end_piece(out);
-            // `tail` starts with the line end itself.
-            rest = tail.get(1..).unwrap_or_default();
-        }
-        self.append(rest, out);
-        self.report_early(out);
+        self.feed_pieces(bytes, out, false);
     }
 
     /// Like [`Parser::feed`], but of consecutive progress records only the last one complete in
@@ -176,11 +167,18 @@ impl Parser {
     /// the run reads a held burst, hundreds of records, in one piece, and parsing each of them
     /// was a third of the daemon's CPU. Lines between records are all kept, in order.
     pub fn feed_latest(&mut self, bytes: &[u8], out: &mut Vec<Event>) {
+        self.feed_pieces(bytes, out, true);
+    }
+
+    /// Split `bytes` at line ends into pieces and classify each; with `latest_only`, a record
+    /// the next piece supersedes is dropped unparsed.
+    fn feed_pieces(&mut self, bytes: &[u8], out: &mut Vec<Event>, latest_only: bool) {
         let mut rest = bytes;
         while let Some(end) = rest.iter().position(|&b| b == b'\r' || b == b'\n') {
             let (piece, tail) = rest.split_at(end);
+            // `tail` starts with the line end itself.
             let after = tail.get(1..).unwrap_or_default();
-            if tail.first() == Some(&b'\r') && self.superseded(piece, after) {
+            if latest_only && tail.first() == Some(&b'\r') && self.superseded(piece, after) {
                 self.buf.clear();
                 self.skipping = false;
                 self.early = None;
