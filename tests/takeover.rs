@@ -312,26 +312,10 @@ async fn a_bare_mbsync_appears_within_a_second_and_goes_away(version: MbsyncVers
         // Enough new mail in one box for a quiet stretch of seconds inside it.
         w.tb.dovecot.add_messages("alice", "INBOX", 1500);
         w.tb.proxy.set_rate(Some(200_000));
-        let mut changes = w.svc.receive_progress_changed().await.unwrap();
-        let started = std::time::Instant::now();
-        let mut bare = w.tb.spawn_mbsync(&["alice"]);
-        let seen = loop {
-            let s = changes.next().await.unwrap();
-            let args = s.args().unwrap();
-            if args.account == "alice" && state(&args.progress) == "external" {
-                break started.elapsed();
-            }
-        };
-        println!("a bare mbsync was seen {seen:?} after it started");
-        assert!(seen < Duration::from_secs(1), "seen only after {seen:?}");
+        let mut bare = seen_within_a_second(&w, "alice").await;
         // No timer runs for it: inside a box (2 s of messages, no box opened or closed) the
         // daemon does not wake; a 10 Hz poll would wake it 20 times.
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let woke = wakeups(w.daemon.pid());
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        let woke = wakeups(w.daemon.pid()) - woke;
-        println!("the daemon woke {woke} times in 2 s of an external sync");
-        assert!(!bare.has_exited(), "the bare sync was over too soon to tell");
+        let woke = wakeups_while_it_runs(&w, &mut bare).await;
         assert!(woke <= 5, "the daemon woke {woke} times in 2 s while a bare mbsync ran");
         w.tb.proxy.set_rate(None);
         bare.wait(LONG).assert_code(0, "the bare mbsync");
@@ -687,6 +671,17 @@ async fn seen_within_a_second(w: &World, account: &str) -> support::Spawned {
     }
 }
 
+/// How often the daemon wakes in 2 s of the bare mbsync `bare`'s run, which must outlast them.
+async fn wakeups_while_it_runs(w: &World, bare: &mut support::Spawned) -> u64 {
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let woke = wakeups(w.daemon.pid());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let woke = wakeups(w.daemon.pid()) - woke;
+    println!("the daemon woke {woke} times in 2 s of an external sync");
+    assert!(!bare.has_exited(), "the bare sync was over too soon to tell");
+    woke
+}
+
 /// The Maildir root (a place of mbsync's lock files) does not exist when the service starts, and
 /// later is removed and made again: each time, once it is there, a bare mbsync in it is seen
 /// within 1 s (the service watches the nearest existing directory for it; it used to watch
@@ -735,12 +730,7 @@ async fn a_service_started_after_the_first_sync_does_not_wake_per_message() {
         w.tb.dovecot.add_messages("alice", "INBOX", 1500);
         w.tb.proxy.set_rate(Some(200_000));
         let mut bare = seen_within_a_second(&w, "alice").await;
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let woke = wakeups(w.daemon.pid());
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        let woke = wakeups(w.daemon.pid()) - woke;
-        println!("the daemon woke {woke} times in 2 s of an external sync");
-        assert!(!bare.has_exited(), "the bare sync was over too soon to tell");
+        let woke = wakeups_while_it_runs(&w, &mut bare).await;
         // ~700 messages arrive in those 2 s: a wakeup per message file would be hundreds. A
         // few remain for the files mbsync opens in the box itself (its state, `.uidvalidity`).
         assert!(woke <= 50, "the daemon woke {woke} times in 2 s while a bare mbsync ran");
