@@ -33,6 +33,7 @@ use support::{
     Testbed,
     bus::PrivateBus,
     daemon::{Daemon, connect, get, service, write_service_config},
+    procstat::{cpu_seconds, percentile, status_field, thread_cpu_seconds},
 };
 use zbus::{MatchRule, MessageStream, OwnedVariant, message::Type};
 
@@ -54,46 +55,13 @@ fn now_us() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_micros() as u64
 }
 
-/// CPU seconds from /proc/PID/stat: (the process's own utime+stime, which counts threads that
-/// have exited too, like a run's pty reader; its reaped children's cutime+cstime). Clock ticks
-/// are 10 ms, so the budget is judged on the sum over all rounds.
-fn cpu_seconds(pid: u32) -> (f64, f64) {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let fields: Vec<u64> =
-        stat.rsplit_once(") ").unwrap().1.split_whitespace().map(|f| f.parse().unwrap_or(0)).collect();
-    // After the state field (index 0): utime=11, stime=12, cutime=13, cstime=14.
-    ((fields[11] + fields[12]) as f64 / 100.0, (fields[13] + fields[14]) as f64 / 100.0)
-}
-
-/// CPU seconds of the main (runtime) thread alone: the rest of the daemon's is its pty readers'.
-fn main_thread_cpu(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/stat")).unwrap();
-    let fields: Vec<u64> =
-        stat.rsplit_once(") ").unwrap().1.split_whitespace().map(|f| f.parse().unwrap_or(0)).collect();
-    (fields[11] + fields[12]) as f64 / 100.0
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap()
-}
-
-fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[((v.len() - 1) as f64 * p).round() as usize]
-}
-
 /// `min / median / max` of a series, for the spread over rounds.
 fn spread(v: &[f64], digits: usize) -> String {
     format!(
         "min {:.digits$} / median {:.digits$} / max {:.digits$}",
-        percentile(v.to_vec(), 0.0),
-        percentile(v.to_vec(), 0.5),
-        percentile(v.to_vec(), 1.0)
+        percentile(v, 0.0),
+        percentile(v, 0.5),
+        percentile(v, 1.0)
     )
 }
 
@@ -226,7 +194,7 @@ async fn wall_and_cpu(version: MbsyncVersion) {
         }
         reset_local(&tb);
         let (own0, kids0) = cpu_seconds(daemon.pid());
-        let main0 = main_thread_cpu(daemon.pid());
+        let main0 = thread_cpu_seconds(daemon.pid(), daemon.pid());
         let woke0 = support::daemon::wakeups(daemon.pid());
         let start = Instant::now();
         svc.sync("alice").await.unwrap();
@@ -252,7 +220,7 @@ async fn wall_and_cpu(version: MbsyncVersion) {
         }
         daemon_cpu += own1 - own0;
         mbsync_cpu += kids1 - kids0;
-        main_cpu += main_thread_cpu(daemon.pid()) - main0;
+        main_cpu += thread_cpu_seconds(daemon.pid(), daemon.pid()) - main0;
         ratios.push(elapsed.as_secs_f64() / b.as_secs_f64());
         cpu_ratios.push((own1 - own0) / (kids1 - kids0));
     }
@@ -281,7 +249,7 @@ async fn wall_and_cpu(version: MbsyncVersion) {
     println!(
         "  idle after the syncs, {idle:?}: daemon threads woke {} times, RSS {:.1} MiB   budget 0 wakeups, <= 10 MiB",
         support::daemon::wakeups(daemon.pid()) - woke0,
-        rss_kib(daemon.pid()) as f64 / 1024.0
+        status_field(daemon.pid(), "VmRSS:") as f64 / 1024.0
     );
     drop(daemon);
 }
@@ -310,12 +278,12 @@ fn read_log(log: &Path) -> Vec<(u32, u64)> {
 }
 
 fn summary(what: &str, lat: &[f64], budget: &str) -> f64 {
-    let p50 = percentile(lat.to_vec(), 0.5);
+    let p50 = percentile(lat, 0.5);
     println!(
         "{what} ({} records): p50 {p50:.3} ms, p99 {:.3} ms, max {:.3} ms   {budget}",
         lat.len(),
-        percentile(lat.to_vec(), 0.99),
-        percentile(lat.to_vec(), 1.0)
+        percentile(lat, 0.99),
+        percentile(lat, 1.0)
     );
     p50
 }
@@ -408,8 +376,8 @@ async fn latency() {
                 BURST_GAP,
                 seen.len(),
                 seen.len() as f64 / span,
-                percentile(waits.clone(), 0.5),
-                percentile(waits, 1.0)
+                percentile(&waits, 0.5),
+                percentile(&waits, 1.0)
             );
         }
     }

@@ -26,6 +26,7 @@ use support::{
     Testbed,
     bus::PrivateBus,
     daemon::{BIN, Daemon, connect, service, wait_until},
+    procstat::{cpu_seconds, percentile, status_field},
 };
 use zbus::{MatchRule, MessageStream, fdo::DBusProxy, message::Type, names::BusName};
 
@@ -37,30 +38,8 @@ const SCALE_ACCOUNTS: usize = 20;
 const AT_ONCE: usize = 5;
 const COLD_STARTS: usize = 15;
 
-/// CPU seconds of a process from /proc/PID/stat: (own utime+stime, reaped children's).
-fn cpu_seconds(pid: u32) -> (f64, f64) {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let fields: Vec<u64> =
-        stat.rsplit_once(") ").unwrap().1.split_whitespace().map(|f| f.parse().unwrap_or(0)).collect();
-    ((fields[11] + fields[12]) as f64 / 100.0, (fields[13] + fields[14]) as f64 / 100.0)
-}
-
-fn status_kib(pid: u32, key: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix(key))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap()
-}
-
 fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
-}
-
-fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[((v.len() - 1) as f64 * p).round() as usize]
 }
 
 /// The private bus's dbus-daemon: the process whose command line names its config.
@@ -208,7 +187,7 @@ async fn fan_out() {
         }
         println!(
             "fan-out, {clients} watching client(s), {FANOUT_ROUNDS} rounds: signals per client per second of sync, highest {:.1}, most in any one second {busiest}   budget <= 10; CPU daemon/mbsync {own:.2} s / {kids:.2} s = {:.4}   budget <= 0.01; dbus-daemon CPU {busd_cpu:.2} s ({:.3} of mbsync's)",
-            percentile(rates, 1.0),
+            percentile(&rates, 1.0),
             own / kids,
             busd_cpu / kids
         );
@@ -246,17 +225,17 @@ async fn scale() {
     let svc = service(&conn).await;
     assert!(svc.list_accounts().await.unwrap().contains(&accounts[SCALE_ACCOUNTS - 1]));
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let idle = status_kib(daemon.pid(), "VmRSS:");
+    let idle = status_field(daemon.pid(), "VmRSS:");
 
     let (o0, k0) = cpu_seconds(daemon.pid());
     let mut peak = 0;
     for account in &accounts {
         sync_all(&svc, std::slice::from_ref(account)).await;
-        peak = peak.max(status_kib(daemon.pid(), "VmRSS:"));
+        peak = peak.max(status_field(daemon.pid(), "VmRSS:"));
     }
     let (o1, k1) = cpu_seconds(daemon.pid());
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let after = status_kib(daemon.pid(), "VmRSS:");
+    let after = status_field(daemon.pid(), "VmRSS:");
     println!(
         "scale, {SCALE_ACCOUNTS} accounts in turn (200 messages each): RSS idle {:.1} MiB, highest after a sync {:.1} MiB, after all {:.1} MiB (+{:.2} MiB, {:.0} KiB per account); CPU per account daemon {:.1} ms / mbsync {:.1} ms = {:.4}",
         mib(idle),
@@ -283,8 +262,8 @@ async fn scale() {
     let (o1, k1) = cpu_seconds(daemon.pid());
     println!(
         "scale, {AT_ONCE} accounts at once: {secs:.2} s, RSS now {:.1} MiB (highest ever, VmHWM, {:.1} MiB); CPU per account daemon {:.1} ms / mbsync {:.1} ms = {:.4}",
-        mib(status_kib(daemon.pid(), "VmRSS:")),
-        mib(status_kib(daemon.pid(), "VmHWM:")),
+        mib(status_field(daemon.pid(), "VmRSS:")),
+        mib(status_field(daemon.pid(), "VmHWM:")),
         (o1 - o0) * 1000.0 / AT_ONCE as f64,
         (k1 - k0) * 1000.0 / AT_ONCE as f64,
         (o1 - o0) / (k1 - k0)
@@ -331,8 +310,8 @@ async fn cold_start() {
         let _ = writeln!(
             report,
             "cold start by D-Bus activation to {name} owned ({COLD_STARTS} starts): p50 {:.1} ms, max {:.1} ms{}",
-            percentile(times.clone(), 0.5),
-            percentile(times, 1.0),
+            percentile(&times, 0.5),
+            percentile(&times, 1.0),
             if name == MINIMAL_NAME { "   (baseline: a minimal zbus service)" } else { "" }
         );
     }

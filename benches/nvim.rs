@@ -20,15 +20,11 @@ use support::{
     bus::PrivateBus,
     daemon::{Daemon, connect, get, service, wakeups},
     nvim::{Run, marked_pids},
+    procstat::percentile,
 };
 
 const SPEC: &[(&str, &str, usize)] = &[("alice", "INBOX", 2000)];
 const IDLE: Duration = Duration::from_secs(5);
-
-fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[((v.len() - 1) as f64 * p).round() as usize]
-}
 
 fn now_us() -> f64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs_f64() * 1e6
@@ -108,9 +104,9 @@ async fn run() {
         "ProgressChanged -> statusline() ({} of {} records matched): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms   budget p99 <= 50 ms",
         latency.len(),
         seen.len(),
-        percentile(latency.clone(), 0.5),
-        percentile(latency.clone(), 0.99),
-        percentile(latency, 1.0)
+        percentile(&latency, 0.5),
+        percentile(&latency, 0.99),
+        percentile(&latency, 1.0)
     );
 
     let mut base = Run::start("bench_nvim.lua", &["baseline"], bus.address(), &tb);

@@ -22,23 +22,19 @@ use support::{
     Testbed,
     bus::PrivateBus,
     daemon::{Daemon, connect, get, service, spawn_exec, wait_until},
+    procstat::percentile,
 };
 
 const SPEC: &[(&str, &str, usize)] = &[("alice", "INBOX", 2000), ("bob", "INBOX", 20)];
 const RUNS: usize = 30;
 
-fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[((v.len() - 1) as f64 * p).round() as usize]
-}
-
 fn summary(what: &str, ms: &[f64], budget: &str) {
     println!(
         "{what} ({} runs): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms   budget {budget}",
         ms.len(),
-        percentile(ms.to_vec(), 0.5),
-        percentile(ms.to_vec(), 0.99),
-        percentile(ms.to_vec(), 1.0)
+        percentile(ms, 0.5),
+        percentile(ms, 0.99),
+        percentile(ms, 1.0)
     );
 }
 
@@ -101,7 +97,7 @@ async fn run(tb: Testbed) {
     summary("baseline: the seed's ps aux | grep mbsync", &seed, "(none)");
     println!(
         "detection speed-up over ps aux | grep, p50: {:.0}x",
-        percentile(seed.clone(), 0.5) / percentile(ours.clone(), 0.5)
+        percentile(&seed, 0.5) / percentile(&ours, 0.5)
     );
 
     // 1: TakeOver of a bare mbsync.

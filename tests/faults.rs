@@ -620,14 +620,7 @@ struct Footprint {
 }
 
 fn footprint(pid: u32) -> Footprint {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let field = |name: &str| -> u64 {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .unwrap_or_else(|| panic!("no {name} in /proc/{pid}/status"))
-    };
+    let field = |name: &str| support::procstat::status_field(pid, name);
     let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count();
     Footprint { rss_kib: field("VmRSS:"), fds, threads: field("Threads:") }
 }

@@ -253,12 +253,7 @@ async fn idle_daemon_does_not_wake() {
         assert_eq!(after - before, 0, "the idle daemon woke {} times in 3 s", after - before);
         let threads = std::fs::read_dir(format!("/proc/{}/task", daemon.pid())).unwrap().count();
         assert_eq!(threads, 1, "a run's pty reader thread outlived it");
-        let rss_kib: u64 = std::fs::read_to_string(format!("/proc/{}/status", daemon.pid()))
-            .unwrap()
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .unwrap();
+        let rss_kib = support::procstat::status_field(daemon.pid(), "VmRSS:");
         println!("idle RSS: {rss_kib} KiB");
     })
     .await;

@@ -16,6 +16,7 @@ pub mod mbsync;
 pub mod notifications;
 pub mod nvim;
 pub mod process;
+pub mod procstat;
 pub mod proxy;
 pub mod sampler;
 pub mod testbed;
