@@ -1,8 +1,8 @@
 //! himalaya-sync: a per-user D-Bus service that runs and watches `mbsync` (isync) syncs and
 //! publishes their live progress on the session bus.
 //!
-//! Layout: pure logic ([`parser`], [`progress`], [`throttle`], [`names`], [`mbsyncrc`], [`bar`],
-//! [`mbsync_args`], [`config`]) has no I/O; [`mbsync_check`] asks the installed mbsync about its
+//! Layout: pure logic ([`parser`], [`progress`], [`throttle`], [`pace`], [`names`], [`mbsyncrc`],
+//! [`bar`], [`mbsync_args`], [`config`]) has no I/O; [`mbsync_check`] asks the installed mbsync about its
 //! config; [`runner`] drives one mbsync process; [`core`] owns accounts and runs and knows
 //! nothing of D-Bus; [`bus`] is the thin D-Bus layer; [`cli`] holds the client subcommands.
 
@@ -20,6 +20,7 @@ pub mod mbsync_args;
 pub mod mbsync_check;
 pub mod mbsyncrc;
 pub mod names;
+pub mod pace;
 pub mod parser;
 pub mod process;
 pub mod progress;

@@ -173,11 +173,18 @@ pub async fn wait_exit(pid: u32, timeout: Duration) -> bool {
 }
 
 /// Register a descriptor-owning value with the runtime, for readability.
-#[allow(unsafe_code)]
 pub fn register<T: std::os::fd::AsRawFd>(owner: T) -> io::Result<AsyncFd<T>> {
+    try_register(owner).map_err(io::Error::from)
+}
+
+/// [`register`], giving `owner` back if the runtime refuses it.
+#[allow(unsafe_code)]
+pub fn try_register<T: std::os::fd::AsRawFd>(
+    owner: T,
+) -> Result<AsyncFd<T>, tokio::io::unix::AsyncFdRegisterError<T>> {
     // SAFETY: `owner` owns its descriptor (an `OwnedFd`, an `Inotify`) and `AsyncFd` owns `owner`
     // from here on: nothing else can close or replace the descriptor while it is registered.
-    unsafe { AsyncFd::register_with_interest(owner, tokio::io::Interest::READABLE) }.map_err(io::Error::from)
+    unsafe { AsyncFd::register_with_interest(owner, tokio::io::Interest::READABLE) }
 }
 
 /// Whether process `pid` runs an executable named `mbsync`: a cheap first test (one

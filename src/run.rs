@@ -96,64 +96,16 @@ pub async fn drive(
     let mut stopped = None;
     let started = Instant::now();
     throttle.sent(started.into_std());
-    mbsync.release_at(started + throttle::DEFAULT_INTERVAL);
+    mbsync.hold_until(Some(started + throttle::DEFAULT_INTERVAL));
     let mut moved_at = started;
     let stall_check = tokio::time::sleep_until(moved_at + limits.stall);
     tokio::pin!(stall_check);
     let mut stuck = false;
     let exit = loop {
+        // Biased: a stop is acted on first, and a due publish runs before more output is
+        // read (it takes what is held itself), so the two never race at a hold's end.
         tokio::select! {
-            out = mbsync.next() => match out {
-                Output::Stdout(bytes) => {
-                    moved_at = Instant::now();
-                    if stuck {
-                        stuck = false;
-                        stall_check.as_mut().reset(moved_at + limits.stall);
-                        sink.stalled(false);
-                        throttle.sent(moved_at.into_std());
-                        sink.publish();
-                    }
-                    parser.feed_latest(&bytes, &mut events);
-                    if sink.apply(&mut events) {
-                        let now = Instant::now();
-                        match throttle.changed(now.into_std()) {
-                            Decision::Send => {
-                                sink.publish();
-                                mbsync.release_at(now + throttle::DEFAULT_INTERVAL);
-                            }
-                            Decision::SendAt(at) => {
-                                publish_at = Some(at.into());
-                                mbsync.hold_until(publish_at);
-                            }
-                            Decision::Pending => {}
-                        }
-                    }
-                }
-                Output::Exited(exit) => {
-                    parser.finish(&mut events);
-                    sink.apply(&mut events);
-                    break exit;
-                }
-            },
-            () = &mut stall_check, if !stuck => {
-                let deadline = moved_at + limits.stall;
-                if Instant::now() >= deadline {
-                    stuck = true;
-                    tracing::info!(pid = mbsync.pid(), "mbsync has not moved for {:?}", limits.stall);
-                    sink.stalled(true);
-                    throttle.sent(Instant::now().into_std());
-                    sink.publish();
-                } else {
-                    stall_check.as_mut().reset(deadline);
-                }
-            }
-            () = sleep_until(publish_at.unwrap_or_else(Instant::now)), if publish_at.is_some() => {
-                publish_at = None;
-                let now = Instant::now();
-                throttle.fired(now.into_std());
-                sink.publish();
-                mbsync.release_at(now + throttle::DEFAULT_INTERVAL);
-            }
+            biased;
             Some(reason) = stop.recv(), if stopped.is_none() => {
                 stopped = Some(reason);
                 tracing::info!(pid = mbsync.pid(), ?reason, "stopping mbsync");
@@ -170,6 +122,63 @@ pub async fn drive(
                 tracing::warn!(pid = mbsync.pid(), "mbsync ignored SIGTERM; killing it");
                 mbsync.signal(Signal::SIGKILL);
             }
+            () = sleep_until(publish_at.unwrap_or_else(Instant::now)), if publish_at.is_some() => {
+                publish_at = None;
+                // The publish carries what mbsync wrote up to now, not only up to the last read.
+                if let Some(bytes) = mbsync.take_held() {
+                    moved_at = Instant::now();
+                    parser.feed_latest(&bytes, &mut events);
+                    sink.apply(&mut events);
+                }
+                let now = Instant::now();
+                throttle.fired(now.into_std());
+                sink.publish();
+                mbsync.hold_until(Some(now + throttle::DEFAULT_INTERVAL));
+            }
+            () = &mut stall_check, if !stuck => {
+                let deadline = moved_at + limits.stall;
+                if Instant::now() >= deadline {
+                    stuck = true;
+                    tracing::info!(pid = mbsync.pid(), "mbsync has not moved for {:?}", limits.stall);
+                    sink.stalled(true);
+                    throttle.sent(Instant::now().into_std());
+                    sink.publish();
+                } else {
+                    stall_check.as_mut().reset(deadline);
+                }
+            }
+            out = mbsync.next() => match out {
+                Output::Stdout(bytes) => {
+                    moved_at = Instant::now();
+                    if stuck {
+                        stuck = false;
+                        stall_check.as_mut().reset(moved_at + limits.stall);
+                        sink.stalled(false);
+                        throttle.sent(moved_at.into_std());
+                        sink.publish();
+                    }
+                    parser.feed_latest(&bytes, &mut events);
+                    if sink.apply(&mut events) {
+                        let now = Instant::now();
+                        match throttle.changed(now.into_std()) {
+                            Decision::Send => {
+                                sink.publish();
+                                mbsync.hold_until(Some(now + throttle::DEFAULT_INTERVAL));
+                            }
+                            Decision::SendAt(at) => {
+                                publish_at = Some(at.into());
+                                mbsync.hold_until(publish_at);
+                            }
+                            Decision::Pending => {}
+                        }
+                    }
+                }
+                Output::Exited(exit) => {
+                    parser.finish(&mut events);
+                    sink.apply(&mut events);
+                    break exit;
+                }
+            },
         }
     };
     Ended { exit, stopped }

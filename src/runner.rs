@@ -20,22 +20,22 @@ use std::{
     process::Stdio,
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, Ordering},
     },
-    time::Duration,
 };
 
+use crate::pace::Plan;
 use nix::{
     errno::Errno,
     fcntl::{FcntlArg, FdFlag, OFlag, fcntl},
-    poll::{PollFd, PollFlags, PollTimeout, poll},
     sys::signal::{Signal, killpg},
     unistd::Pid,
 };
 use tokio::{
-    io::AsyncReadExt,
+    io::{AsyncReadExt, unix::AsyncFd},
     process::{ChildStderr, Command},
-    sync::{mpsc, oneshot},
+    sync::oneshot,
+    time::Instant,
 };
 
 /// Width given to mbsync's progress line (as DESIGN.md says): far wider than needed, so no
@@ -55,17 +55,21 @@ pub struct Mbsync {
     /// `Child::wait` on every read would cost a `waitpid` per progress record.
     exit: oneshot::Receiver<io::Result<std::process::ExitStatus>>,
     pid: u32,
-    /// Chunks read from the pty master by its reader thread; `None` once it closed.
-    pty: Option<mpsc::Receiver<Vec<u8>>>,
+    /// The pty master; `None` once it closed (EOF, or EIO: every holder of the slave end closed
+    /// it).
+    pty: Option<Pty>,
     /// Set by the wait task the moment mbsync is reaped: from then on its PID may be reused, so
     /// no signal may be sent to it.
     reaped: Arc<AtomicBool>,
-    /// Until when the reader thread keeps what it reads (see [`Mbsync::hold_until`]): µs on
-    /// [`clock`], 0 for not at all.
-    hold: Arc<AtomicU64>,
-    /// The write end of a pipe the reader thread polls beside the pty: dropped, it wakes the
-    /// thread to stop (the run is over), so the thread needs no polling timeout.
-    stop: Option<OwnedFd>,
+    /// Output read but not handed to the run yet.
+    pending: Vec<u8>,
+    /// Until when output is held (see [`Mbsync::hold_until`]); `None` for not at all.
+    due: Option<Instant>,
+    /// Whether output was held at the last look: a hold that ended takes what piled up.
+    held: bool,
+    /// How fast mbsync writes, to pace the reads while holding.
+    pace: crate::pace::Pace,
+    read_buf: Box<[u8]>,
     stderr: Option<ChildStderr>,
     stderr_buf: Vec<u8>,
     err_buf: Box<[u8]>,
@@ -174,9 +178,6 @@ impl Mbsync {
         let pid = child.id().ok_or_else(|| io::Error::other("mbsync exited at once"))?;
         fcntl(pty.master.as_fd(), FcntlArg::F_SETFL(OFlag::O_NONBLOCK)).map_err(io::Error::from)?;
         let stderr = child.stderr.take();
-        let hold = Arc::new(AtomicU64::new(0));
-        let (stop_read, stop) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(io::Error::from)?;
-        let pty = spawn_pty_reader(pty.master, Arc::clone(&hold), stop_read)?;
         let (tx, exit) = oneshot::channel();
         let reaped = Arc::new(AtomicBool::new(false));
         let reaped_flag = Arc::clone(&reaped);
@@ -190,10 +191,13 @@ impl Mbsync {
         Ok(Self {
             exit,
             pid,
-            pty: Some(pty),
+            pty: Some(Pty::Quiet(pty.master)),
             reaped,
-            hold,
-            stop: Some(stop),
+            pending: Vec::new(),
+            due: None,
+            held: false,
+            pace: crate::pace::Pace::default(),
+            read_buf: vec![0; READ_CHUNK].into_boxed_slice(),
             stderr,
             stderr_buf: Vec::new(),
             err_buf: vec![0; 4096].into_boxed_slice(),
@@ -220,46 +224,83 @@ impl Mbsync {
         }
     }
 
-    /// Hold the output until `until` (a throttled publish is due then): the reader thread keeps
-    /// reading the pty, so mbsync never blocks on it, but hands what it read to the run only
-    /// just before that moment, in one piece. A burst then costs the run one wakeup per
-    /// publish, not one per record; with `None` every read goes out at once, so an isolated
-    /// change keeps its latency.
-    pub fn hold_until(&self, until: Option<tokio::time::Instant>) {
-        let us = until.map_or(0, |t| micros_on_clock(t.into_std()).max(1));
-        self.hold.store(us, Ordering::Relaxed);
+    /// Hold the output until `until` (a throttled publish is due then): the pty is still read,
+    /// so mbsync never blocks on it, but on a timer paced to mbsync's rate instead of at each
+    /// write, and what was read is handed to the run in one piece at `until`, or taken earlier
+    /// with [`Mbsync::take_held`]. A burst then wakes the daemon a few times per publish, not
+    /// once per record; with `None` every read goes out at once, so an isolated change keeps its
+    /// latency.
+    pub fn hold_until(&mut self, until: Option<Instant>) {
+        self.due = until;
     }
 
-    /// Hold the output until exactly `at`, when the throttle allows the next publish: what comes
-    /// before then arrives in one piece at `at` and goes out at once. After each publish the run
-    /// holds this way, so a burst wakes it once per interval with no timer of its own (a
-    /// publish, then the timer, then a trickle of reads cost it about nine wakeups each).
-    pub fn release_at(&self, at: tokio::time::Instant) {
-        self.hold.store(micros_on_clock(at.into_std()) + HOLD_MARGIN_US, Ordering::Relaxed);
+    /// What was read and held so far, and what the pty has now, at once (a throttled publish is
+    /// due: it carries the newest state). `None` if there is nothing.
+    pub fn take_held(&mut self) -> Option<Vec<u8>> {
+        let now = Instant::now();
+        self.read_now(now);
+        if self.pending.is_empty() {
+            return None;
+        }
+        self.pace.handed_over(now.into_std());
+        Some(std::mem::take(&mut self.pending))
     }
 
-    /// The next piece of output, or the end of the run. Cancel-safe.
+    /// The next piece of output, or the end of the run. Cancel-safe: what was read is kept in
+    /// `self` before any await.
     pub async fn next(&mut self) -> Output {
         loop {
+            let now = Instant::now();
             // Checked here, not only as a select branch: a helper that keeps writing would keep
             // the earlier branches ready and starve the deadline.
-            if self.drain_until.is_some_and(|d| tokio::time::Instant::now() >= d) {
+            if self.drain_until.is_some_and(|d| now >= d) {
                 self.pty = None;
                 self.stderr = None;
+            }
+            // Nothing is held once mbsync has exited, or past the due time, or beyond a bound.
+            let holding = self.pty.is_some()
+                && self.status.is_none()
+                && self.due.is_some_and(|d| now < d)
+                && self.pending.len() < HOLD_MAX;
+            if !holding && self.held {
+                // A hold ended: take what piled up during it before handing over.
+                self.read_now(now);
+            }
+            self.held = holding;
+            if !self.pending.is_empty() && !holding {
+                self.pace.handed_over(now.into_std());
+                return Output::Stdout(std::mem::take(&mut self.pending));
             }
             if self.pty.is_none() && self.stderr.is_none() {
                 return Output::Exited(self.reap().await);
             }
-            let (pty_open, stderr_open) = (self.pty.is_some(), self.stderr.is_some());
+            // Holding, the pty is read when the pace says, and watched only while mbsync is
+            // quiet; else it is watched, so the first write is seen at once.
+            let plan = holding.then(|| self.pace.plan(now.into_std(), self.due.unwrap_or(now).into_std()));
+            let watch = matches!(plan, None | Some(Plan::Watch));
+            if let Some(pty) = self.pty.take() {
+                self.pty = Some(if watch { pty.watched() } else { pty.quiet() });
+            }
+            let read_at = match plan {
+                Some(Plan::ReadAt(at)) => Some(Instant::from_std(at)),
+                // Watching through a hold: what was read still goes out at its end.
+                Some(Plan::Watch) if !self.pending.is_empty() => self.due,
+                _ => None,
+            };
+            let stderr_open = self.stderr.is_some();
             let running = self.status.is_none();
             let drain_until = self.drain_until;
+            let watched = matches!(self.pty, Some(Pty::Watched(_)));
             tokio::select! {
                 biased;
-                chunk = recv_chunk(self.pty.as_mut()), if pty_open => match chunk {
-                    Some(bytes) => return Output::Stdout(bytes),
-                    // The reader saw EOF or EIO: every holder of the slave end closed it.
+                read = read_watched(self.pty.as_ref(), &mut self.read_buf, &mut self.pending), if watched => match read {
+                    Some(bytes) if holding => self.pace.read(Instant::now().into_std(), bytes, true),
+                    Some(_) => {}
                     None => self.pty = None,
                 },
+                () = tokio::time::sleep_until(read_at.unwrap_or(now)), if read_at.is_some() => {
+                    self.read_now(Instant::now());
+                }
                 read = read_stream(self.stderr.as_mut(), &mut self.err_buf), if stderr_open => match read {
                     Ok(n) if n > 0 => {
                         keep_tail(&mut self.stderr_buf, &self.err_buf[..n], STDERR_LIMIT);
@@ -269,14 +310,24 @@ impl Mbsync {
                 status = &mut self.exit, if running => {
                     let status = status.map_err(io::Error::other).and_then(|s| s);
                     self.status = Some(status.unwrap_or_else(|_| std::process::ExitStatus::from_raw(1 << 8)));
-                    self.drain_until = Some(tokio::time::Instant::now() + DRAIN);
+                    self.drain_until = Some(Instant::now() + DRAIN);
                 }
-                () = tokio::time::sleep_until(drain_until.unwrap_or_else(tokio::time::Instant::now)), if drain_until.is_some() => {
+                () = tokio::time::sleep_until(drain_until.unwrap_or(now)), if drain_until.is_some() => {
                     tracing::debug!(pid = self.pid, "a helper of mbsync holds its output open; not waiting for it");
                     self.pty = None;
                     self.stderr = None;
                 }
             }
+        }
+    }
+
+    /// Read what the pty has now, without waiting.
+    fn read_now(&mut self, now: Instant) {
+        let Some(pty) = &self.pty else { return };
+        let (bytes, open) = read_available(pty.fd(), &mut self.read_buf, &mut self.pending);
+        self.pace.read(now.into_std(), bytes, false);
+        if !open {
+            self.pty = None;
         }
     }
 
@@ -302,119 +353,120 @@ fn keep_tail(buf: &mut Vec<u8>, bytes: &[u8], limit: usize) {
     }
 }
 
-async fn recv_chunk(rx: Option<&mut mpsc::Receiver<Vec<u8>>>) -> Option<Vec<u8>> {
-    rx?.recv().await
-}
-
 impl Drop for Mbsync {
     fn drop(&mut self) {
-        // Closing the pipe wakes the reader thread to stop.
-        self.stop = None;
         // Dropped before its end (a panic in the run task): no mbsync without a supervisor.
         self.signal(Signal::SIGKILL);
     }
 }
 
-/// How long a holding reader pauses after a small read, so a burst is read in a few large
-/// chunks.
-const PACE: Duration = Duration::from_millis(5);
-/// A read at least this large means the pty buffer (about 15 KB) is filling: no pause then, or
-/// mbsync would block on its own progress output.
-const PACE_MAX_READ: usize = 2048;
-/// Held output goes out this long before the publish it is for, so it is there in time.
-const HOLD_MARGIN_US: u64 = 2_000;
 /// Held output goes out anyway once this large (bounded memory, bounded staleness).
 const HOLD_MAX: usize = 256 * 1024;
+/// The most read from the pty in one call (the tty layer hands out at most 4 KiB per read).
+const READ_CHUNK: usize = 16 * 1024;
 
-/// A monotonic clock shared by the run and its reader thread: µs since its first use.
-fn clock() -> std::time::Instant {
-    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-    *START.get_or_init(std::time::Instant::now)
+/// The pty master, read on the runtime. Watched, its reactor wakes the run at the first write;
+/// quiet (deregistered), mbsync's writes wake nothing and it is read on a timer: an edge-triggered
+/// registration would wake the runtime for each of the two records per message isync 1.4 writes,
+/// even while nobody waits for them.
+#[derive(Debug)]
+enum Pty {
+    Watched(AsyncFd<OwnedFd>),
+    Quiet(OwnedFd),
 }
 
-fn micros_on_clock(t: std::time::Instant) -> u64 {
-    t.saturating_duration_since(clock()).as_micros() as u64
-}
-/// Read the pty master on a thread of its own. A thread, not the async runtime: the runtime's
-/// edge-triggered epoll would wake for every record mbsync writes (two per message) even while
-/// the run task pauses; a sleeping thread is not woken by writes.
-fn spawn_pty_reader(
-    master: OwnedFd,
-    hold: Arc<AtomicU64>,
-    stop: OwnedFd,
-) -> io::Result<mpsc::Receiver<Vec<u8>>> {
-    // Bounded: if the runtime stalls, the reader (and so mbsync) waits instead of queuing
-    // output without limit.
-    let (tx, rx) = mpsc::channel(256);
-    std::thread::Builder::new().name("mbsync-pty".into()).spawn(move || {
-        let mut buf = vec![0u8; 64 * 1024];
-        let mut pending: Vec<u8> = Vec::new();
-        // When held output is due: the publish it is for, less a margin; 0 = not holding.
-        let due = || hold.load(Ordering::Relaxed).saturating_sub(HOLD_MARGIN_US);
-        loop {
-            // Nothing held: no timeout, so a silent mbsync (a stall) never wakes the daemon on
-            // a clock. Something held: wake when it is due.
-            let timeout = if pending.is_empty() {
-                PollTimeout::NONE
-            } else {
-                let left_ms = due().saturating_sub(micros_on_clock(std::time::Instant::now())).div_ceil(1000);
-                PollTimeout::try_from(i32::try_from(left_ms.min(1000)).unwrap_or(1000))
-                    .unwrap_or(PollTimeout::ZERO)
-            };
-            let mut fds = [
-                PollFd::new(master.as_fd(), PollFlags::POLLIN),
-                PollFd::new(stop.as_fd(), PollFlags::POLLIN),
-            ];
-            match poll(&mut fds, timeout) {
-                Ok(_) => {}
-                Err(Errno::EINTR) => continue,
+impl Pty {
+    fn fd(&self) -> &OwnedFd {
+        match self {
+            Self::Watched(fd) => fd.get_ref(),
+            Self::Quiet(fd) => fd,
+        }
+    }
+
+    fn quiet(self) -> Self {
+        match self {
+            Self::Watched(fd) => Self::Quiet(fd.into_inner()),
+            quiet @ Self::Quiet(_) => quiet,
+        }
+    }
+
+    fn watched(self) -> Self {
+        match self {
+            Self::Quiet(fd) => match crate::process::try_register(fd) {
+                Ok(fd) => Self::Watched(fd),
                 Err(err) => {
-                    tracing::warn!(%err, "cannot poll mbsync's pty; its progress is lost");
-                    break;
+                    // Still read on the pace timer's shortest gap: slower, nothing lost.
+                    let (fd, err) = err.into_parts();
+                    tracing::warn!(%err, "cannot watch mbsync's pty; reading it on a timer");
+                    Self::Quiet(fd)
                 }
+            },
+            watched @ Self::Watched(_) => watched,
+        }
+    }
+}
+
+/// Read what the pty has once the reactor says it is readable: how many bytes, `None` at EOF.
+async fn read_watched(pty: Option<&Pty>, buf: &mut [u8], pending: &mut Vec<u8>) -> Option<usize> {
+    let Some(Pty::Watched(fd)) = pty else { return std::future::pending().await };
+    loop {
+        let mut guard = match fd.readable().await {
+            Ok(guard) => guard,
+            Err(err) => {
+                tracing::warn!(%err, "cannot watch mbsync's pty; its progress is lost");
+                return None;
             }
-            // The run is over (the write end was closed).
-            if fds[1].revents().is_some_and(|r| !r.is_empty()) {
-                break;
+        };
+        match guard.try_io(|fd| read_once(fd.get_ref(), buf)) {
+            Ok(Ok(0)) => return None,
+            Ok(Ok(n)) => {
+                pending.extend_from_slice(&buf[..n]);
+                // The rest of a burst, without waiting (the next wait clears the readiness).
+                let (more, open) = read_available(fd.get_ref(), buf, pending);
+                return open.then_some(n + more);
             }
-            let mut small_read = false;
-            if fds[0].revents().is_some_and(|r| !r.is_empty()) {
-                match nix::unistd::read(master.as_fd(), &mut buf) {
-                    // EOF, or EIO: every holder of the slave end closed it.
-                    Ok(0) | Err(Errno::EIO) => {
-                        if !pending.is_empty() && tx.blocking_send(std::mem::take(&mut pending)).is_err() {
-                            tracing::debug!("the run is gone; its last output is dropped");
-                        }
-                        break;
-                    }
-                    Ok(n) => {
-                        pending.extend_from_slice(&buf[..n]);
-                        small_read = n < PACE_MAX_READ;
-                    }
-                    Err(Errno::EINTR | Errno::EAGAIN) => {}
-                    Err(err) => {
-                        tracing::warn!(%err, "cannot read mbsync's pty; its progress is lost");
-                        break;
-                    }
-                }
+            Ok(Err(err)) => {
+                tracing::warn!(%err, "cannot read mbsync's pty; its progress is lost");
+                return None;
             }
-            if pending.is_empty() {
-                continue;
+            // Not readable after all: the readiness was cleared; wait again.
+            Err(_would_block) => {}
+        }
+    }
+}
+
+/// Read everything the pty has now, without waiting (up to [`HOLD_MAX`] held): how many bytes,
+/// and whether it is still open.
+fn read_available(fd: &OwnedFd, buf: &mut [u8], pending: &mut Vec<u8>) -> (usize, bool) {
+    let mut bytes = 0;
+    while pending.len() < HOLD_MAX {
+        match read_once(fd, buf) {
+            Ok(0) => return (bytes, false),
+            Ok(n) => {
+                pending.extend_from_slice(&buf[..n]);
+                bytes += n;
             }
-            let holding = micros_on_clock(std::time::Instant::now()) < due();
-            if !holding || pending.len() >= HOLD_MAX {
-                if tx.blocking_send(std::mem::take(&mut pending)).is_err() {
-                    break;
-                }
-            } else if small_read {
-                // Never past the due time: output held beyond it misses the publish it was held
-                // for and waits a whole interval more (a burst showed records 200 ms old).
-                let left = due().saturating_sub(micros_on_clock(std::time::Instant::now()));
-                std::thread::sleep(PACE.min(Duration::from_micros(left)));
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
+            Err(err) => {
+                tracing::warn!(%err, "cannot read mbsync's pty; its progress is lost");
+                return (bytes, false);
             }
         }
-    })?;
-    Ok(rx)
+    }
+    (bytes, true)
+}
+
+/// One read of the (non-blocking) pty master. EIO, which a pty master returns once every holder
+/// of the slave end closed it, is EOF.
+fn read_once(fd: &OwnedFd, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        match nix::unistd::read(fd.as_fd(), buf) {
+            Ok(n) => return Ok(n),
+            Err(Errno::EIO) => return Ok(0),
+            Err(Errno::EINTR) => {}
+            Err(err) => return Err(err.into()),
+        }
+    }
 }
 
 async fn read_stream<R: tokio::io::AsyncRead + Unpin>(
