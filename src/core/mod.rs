@@ -306,6 +306,15 @@ impl<L: Locks> Core<L> {
         inner.accounts.keys().map(|k| (k.clone(), inner.view(k, now, self.overdue_after()))).collect()
     }
 
+    /// Whether `pid` is the mbsync of one of the service's own runs.
+    #[must_use]
+    pub fn runs_mbsync(&self, pid: u32) -> bool {
+        self.inner()
+            .accounts
+            .values()
+            .any(|slot| slot.run.is_some() && slot.progress.record().pid == Some(pid))
+    }
+
     fn overdue_after(&self) -> u64 {
         self.shared.settings.config.auto_takeover_timeout.saturating_mul(1_000_000)
     }
