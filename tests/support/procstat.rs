@@ -26,10 +26,15 @@ pub fn cpu_seconds(pid: u32) -> (f64, f64) {
     ((f[11] + f[12]) as f64 / 100.0, (f[13] + f[14]) as f64 / 100.0)
 }
 
-/// CPU seconds of one thread of `pid` (utime+stime).
-pub fn thread_cpu_seconds(pid: u32, tid: u32) -> f64 {
-    let f = stat_fields(&format!("/proc/{pid}/task/{tid}/stat"));
-    (f[11] + f[12]) as f64 / 100.0
+/// Nanoseconds the scheduler ran the live threads of `pid` (`/proc/PID/task/*/schedstat`):
+/// exact where `cpu_seconds` counts 10 ms clock ticks.
+pub fn run_time_ns(pid: u32) -> u64 {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap_or_else(|e| panic!("/proc/{pid}/task: {e}"))
+        .filter_map(Result::ok)
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
 }
 
 /// The `p` quantile (0..=1) of `v`, nearest rank.
