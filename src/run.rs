@@ -102,8 +102,10 @@ pub async fn drive(
     tokio::pin!(stall_check);
     let mut stuck = false;
     let exit = loop {
-        // Biased: a stop is acted on first, and a due publish runs before more output is
-        // read (it takes what is held itself), so the two never race at a hold's end.
+        // Biased: a stop is acted on first, and a due publish runs before more output is read
+        // (it takes what is held itself). Should the hold's end hand the output over first (the
+        // publish timer ticks on the next millisecond), the throttle answers `Pending` and the
+        // publish carries it all the same.
         tokio::select! {
             biased;
             Some(reason) = stop.recv(), if stopped.is_none() => {

@@ -226,8 +226,8 @@ impl Mbsync {
 
     /// Hold the output until `until` (a throttled publish is due then): the pty is still read,
     /// so mbsync never blocks on it, but on a timer paced to mbsync's rate instead of at each
-    /// write, and what was read is handed to the run in one piece at `until`, or taken earlier
-    /// with [`Mbsync::take_held`]. A burst then wakes the daemon a few times per publish, not
+    /// write, and what was read is handed to the run in one piece at `until` (or taken by the
+    /// publish due then, with [`Mbsync::take_held`]). A burst then wakes the daemon a few times per publish, not
     /// once per record; with `None` every read goes out at once, so an isolated change keeps its
     /// latency.
     pub fn hold_until(&mut self, until: Option<Instant>) {
@@ -287,6 +287,13 @@ impl Mbsync {
                 Some(Plan::Watch) if !self.pending.is_empty() => self.due,
                 _ => None,
             };
+            // The reactor refused the pty: read it on a short timer instead, slower but whole.
+            let read_at = match (&self.pty, watch) {
+                (Some(Pty::Quiet(_)), true) => {
+                    Some(read_at.map_or(now + UNWATCHED_GAP, |at| at.min(now + UNWATCHED_GAP)))
+                }
+                _ => read_at,
+            };
             let stderr_open = self.stderr.is_some();
             let running = self.status.is_none();
             let drain_until = self.drain_until;
@@ -323,10 +330,11 @@ impl Mbsync {
 
     /// Read what the pty has now, without waiting.
     fn read_now(&mut self, now: Instant) {
-        let Some(pty) = &self.pty else { return };
-        let (bytes, open) = read_available(pty.fd(), &mut self.read_buf, &mut self.pending);
+        // Nothing is read beyond the bound, so nothing is learnt of the rate either.
+        let Some(pty) = self.pty.as_ref().filter(|_| self.pending.len() < HOLD_MAX) else { return };
+        let (bytes, drained) = read_available(pty.fd(), &mut self.read_buf, &mut self.pending);
         self.pace.read(now.into_std(), bytes, false);
-        if !open {
+        if drained == Drained::Closed {
             self.pty = None;
         }
     }
@@ -362,6 +370,9 @@ impl Drop for Mbsync {
 
 /// Held output goes out anyway once this large (bounded memory, bounded staleness).
 const HOLD_MAX: usize = 256 * 1024;
+/// How often the pty is read when the reactor refuses it (it takes ~18 KB; isync 1.4 writes
+/// ~120 KB/s while it downloads).
+const UNWATCHED_GAP: std::time::Duration = std::time::Duration::from_millis(20);
 /// The most read from the pty in one call (the tty layer hands out at most 4 KiB per read).
 const READ_CHUNK: usize = 16 * 1024;
 
@@ -395,9 +406,10 @@ impl Pty {
             Self::Quiet(fd) => match crate::process::try_register(fd) {
                 Ok(fd) => Self::Watched(fd),
                 Err(err) => {
-                    // Still read on the pace timer's shortest gap: slower, nothing lost.
+                    // Read every `UNWATCHED_GAP` instead (see `Mbsync::next`): slower, nothing
+                    // lost.
                     let (fd, err) = err.into_parts();
-                    tracing::warn!(%err, "cannot watch mbsync's pty; reading it on a timer");
+                    tracing::debug!(%err, "cannot watch mbsync's pty; reading it on a timer");
                     Self::Quiet(fd)
                 }
             },
@@ -421,9 +433,13 @@ async fn read_watched(pty: Option<&Pty>, buf: &mut [u8], pending: &mut Vec<u8>) 
             Ok(Ok(0)) => return None,
             Ok(Ok(n)) => {
                 pending.extend_from_slice(&buf[..n]);
-                // The rest of a burst, without waiting (the next wait clears the readiness).
-                let (more, open) = read_available(fd.get_ref(), buf, pending);
-                return open.then_some(n + more);
+                // The rest of a burst, without waiting.
+                let (more, drained) = read_available(fd.get_ref(), buf, pending);
+                if drained == Drained::Empty {
+                    // Read to EAGAIN: the next wait needs a new write, not one more empty read.
+                    guard.clear_ready();
+                }
+                return (drained != Drained::Closed).then_some(n + more);
             }
             Ok(Err(err)) => {
                 tracing::warn!(%err, "cannot read mbsync's pty; its progress is lost");
@@ -435,25 +451,36 @@ async fn read_watched(pty: Option<&Pty>, buf: &mut [u8], pending: &mut Vec<u8>) 
     }
 }
 
+/// How a read of what the pty has ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Drained {
+    /// Nothing more to read now.
+    Empty,
+    /// [`HOLD_MAX`] is held: the rest waits.
+    Capped,
+    /// EOF (or an error): the pty is done.
+    Closed,
+}
+
 /// Read everything the pty has now, without waiting (up to [`HOLD_MAX`] held): how many bytes,
-/// and whether it is still open.
-fn read_available(fd: &OwnedFd, buf: &mut [u8], pending: &mut Vec<u8>) -> (usize, bool) {
+/// and how it ended.
+fn read_available(fd: &OwnedFd, buf: &mut [u8], pending: &mut Vec<u8>) -> (usize, Drained) {
     let mut bytes = 0;
     while pending.len() < HOLD_MAX {
         match read_once(fd, buf) {
-            Ok(0) => return (bytes, false),
+            Ok(0) => return (bytes, Drained::Closed),
             Ok(n) => {
                 pending.extend_from_slice(&buf[..n]);
                 bytes += n;
             }
-            Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => return (bytes, Drained::Empty),
             Err(err) => {
                 tracing::warn!(%err, "cannot read mbsync's pty; its progress is lost");
-                return (bytes, false);
+                return (bytes, Drained::Closed);
             }
         }
     }
-    (bytes, true)
+    (bytes, Drained::Capped)
 }
 
 /// One read of the (non-blocking) pty master. EIO, which a pty master returns once every holder
