@@ -4,8 +4,9 @@
 //! the near Maildir box with `SyncState *`, else `<SyncState dir>/<stores and boxes>.lock`. One
 //! inotify instance watches those directories for opens; the kernel names the holder of an opened
 //! `*.lock` (`F_GETLK` on that file), and /proc then confirms it is this user's mbsync with this
-//! config and says which channels its arguments sync. The service's own runs are known at once. The core holds it by a pidfd from
-//! then on, so its end is seen at once too. Idle, nothing here wakes.
+//! config and says which channels its arguments sync (the service's own runs are known at once).
+//! The core holds it by a pidfd from then on, so its end is seen at once too. Idle, nothing here
+//! wakes.
 
 use std::{
     collections::HashMap,
@@ -108,8 +109,9 @@ pub fn lock_owner(path: &Path) -> LockProbe {
     };
     match nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_GETLK(&mut lock)) {
         Ok(_) if i32::from(lock.l_type) != nix::libc::F_UNLCK => {
-            // An open file description lock has no owner PID (-1).
-            u32::try_from(lock.l_pid).map_or(LockProbe::Free, LockProbe::Held)
+            // An open file description lock has no owner PID (-1), nor has a holder in a PID
+            // namespace this process cannot see (0): /proc is scanned instead.
+            u32::try_from(lock.l_pid).ok().filter(|&pid| pid > 0).map_or(LockProbe::Free, LockProbe::Held)
         }
         Ok(_) | Err(_) => LockProbe::Free,
     }
@@ -132,6 +134,20 @@ fn may_be_a_box(name: &std::ffi::OsStr) -> bool {
     !name.starts_with('.') && !matches!(name.as_ref(), "cur" | "new" | "tmp")
 }
 
+/// How long after a probe of a lock file other opens of it are taken for echoes: another
+/// watcher's probe (a second daemon of this user, on another session bus) answering ours.
+const ECHO: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// A lock file the service opened to ask who holds it. Each open is an `IN_OPEN` of its own,
+/// skipped once per probe; other opens within [`ECHO`] of the probe are skipped too, so two
+/// daemons never probe each other in a loop. What a skipped open could tell is known already:
+/// the probe found the holder (whom a newcomer cannot displace), or found none and scanned /proc.
+struct Probed {
+    /// Own opens whose events are still to come.
+    own: u32,
+    at: std::time::Instant,
+}
+
 /// The running watch.
 struct Watch {
     fd: AsyncFd<Ino>,
@@ -141,11 +157,10 @@ struct Watch {
     /// the Maildir root, or removes and makes it again): their nearest existing ancestor is
     /// watched for the next directory on the way, and its creation places the watch anew.
     awaited: HashMap<WatchDescriptor, Vec<std::ffi::OsString>>,
-    /// Lock files the service opened itself to ask who holds them: the `IN_OPEN` each open
-    /// causes is skipped, once per open. (Were another mbsync to open the same file in the same
-    /// instant, the kernel would merge the two events and that open go unseen; it could not
-    /// take the lock the first holds anyway.)
-    probed: HashMap<PathBuf, u32>,
+    /// Lock files the service opened to ask who holds them (see [`Probed`]).
+    probed: HashMap<PathBuf, Probed>,
+    /// Events were lost: scan /proc once the watches are placed anew.
+    rescan: bool,
 }
 
 impl Watch {
@@ -190,6 +205,9 @@ impl Watch {
         for dir in missing {
             self.await_creation(&dir);
         }
+        if std::mem::take(&mut self.rescan) {
+            core.scan_bare();
+        }
     }
 
     /// Watch the nearest existing ancestor of `dir` for the directory that leads to it.
@@ -221,7 +239,15 @@ impl Watch {
     fn handle(&mut self, events: Vec<nix::sys::inotify::InotifyEvent>) -> (Vec<PathBuf>, bool) {
         let mut locks = Vec::new();
         let mut replace = false;
+        self.probed.retain(|_, p| p.own > 0 || p.at.elapsed() < ECHO);
         for event in events {
+            // The kernel dropped events: what they said is unknown, so start over and scan /proc
+            // for bare runs once.
+            if event.mask.contains(AddWatchFlags::IN_Q_OVERFLOW) {
+                self.rescan = true;
+                replace = true;
+                continue;
+            }
             if let (Some(names), Some(name)) = (self.awaited.get(&event.wd), &event.name)
                 && event.mask.contains(AddWatchFlags::IN_ISDIR)
                 && names.contains(name)
@@ -243,7 +269,8 @@ impl Watch {
                 }
             } else if name.to_string_lossy().ends_with(".lock") && !locks.contains(&path) {
                 match self.probed.get_mut(&path) {
-                    Some(own) if *own > 0 => *own -= 1,
+                    Some(probed) if probed.own > 0 => probed.own -= 1,
+                    Some(probed) if probed.at.elapsed() < ECHO => {}
                     _ => locks.push(path),
                 }
             }
@@ -263,7 +290,8 @@ pub async fn watch<L: Locks>(core: Core<L>) {
             return;
         }
     };
-    let mut watch = Watch { fd, dirs: HashMap::new(), awaited: HashMap::new(), probed: HashMap::new() };
+    let mut watch =
+        Watch { fd, dirs: HashMap::new(), awaited: HashMap::new(), probed: HashMap::new(), rescan: false };
     loop {
         watch.place(&core);
         loop {
@@ -291,7 +319,12 @@ pub async fn watch<L: Locks>(core: Core<L>) {
                     let (locks, replace) = watch.handle(events);
                     for path in locks {
                         if core.lock_opened(&path) {
-                            *watch.probed.entry(path).or_default() += 1;
+                            let probed = watch
+                                .probed
+                                .entry(path)
+                                .or_insert(Probed { own: 0, at: std::time::Instant::now() });
+                            probed.own += 1;
+                            probed.at = std::time::Instant::now();
                         }
                     }
                     if replace {
@@ -382,6 +415,38 @@ mod tests {
         let link = dir.path().join("link.lock");
         std::os::unix::fs::symlink(&lock, &link).unwrap();
         assert_eq!(lock_owner(&link), LockProbe::NotOpened);
+    }
+
+    #[tokio::test]
+    async fn the_probes_own_open_and_its_echoes_are_not_new_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let lock = dir.path().join(".mbsyncstate.lock");
+        std::fs::write(&lock, "").unwrap();
+        let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).unwrap();
+        let fd = crate::process::register(Ino(inotify)).unwrap();
+        let mut watch = Watch {
+            fd,
+            dirs: HashMap::new(),
+            awaited: HashMap::new(),
+            probed: HashMap::new(),
+            rescan: false,
+        };
+        watch.add(dir.path(), false);
+        let opened = |watch: &mut Watch| {
+            std::fs::File::open(&lock).unwrap();
+            let events = watch.fd.get_ref().0.read_events().unwrap();
+            watch.handle(events).0
+        };
+        // Someone opened it: a lock to look into.
+        assert_eq!(opened(&mut watch), std::slice::from_ref(&lock));
+        // The service probed it: that open is its own, and one right after is an echo.
+        watch.probed.insert(lock.clone(), Probed { own: 1, at: std::time::Instant::now() });
+        assert!(opened(&mut watch).is_empty());
+        assert!(opened(&mut watch).is_empty());
+        // Later opens are news again.
+        std::thread::sleep(ECHO);
+        assert_eq!(opened(&mut watch), std::slice::from_ref(&lock));
+        assert!(watch.probed.is_empty());
     }
 
     #[test]
