@@ -636,8 +636,8 @@ fn zombies_of(pid: u32) -> Vec<u32> {
         .collect()
 }
 
-/// The daemon at rest after a run: its mbsync reaped, the run's pty reader thread gone (waited
-/// for, bounded, since a thread ends a moment after the run's last signal).
+/// The daemon at rest after a run: its mbsync reaped and no thread but its one (waited for,
+/// bounded, since a helper thread ends a moment after the run's last signal).
 fn settled_footprint(pid: u32) -> Footprint {
     let start = Instant::now();
     loop {

@@ -252,7 +252,7 @@ async fn idle_daemon_does_not_wake() {
         let after = wakeups(daemon.pid());
         assert_eq!(after - before, 0, "the idle daemon woke {} times in 3 s", after - before);
         let threads = std::fs::read_dir(format!("/proc/{}/task", daemon.pid())).unwrap().count();
-        assert_eq!(threads, 1, "a run's pty reader thread outlived it");
+        assert_eq!(threads, 1, "a thread outlived the runs (the daemon runs on one)");
         let rss_kib = support::procstat::status_field(daemon.pid(), "VmRSS:");
         println!("idle RSS: {rss_kib} KiB");
     })

@@ -365,11 +365,19 @@ async fn the_auto_takeover_command_sets_the_property() {
                 String::from_utf8(out.stdout).unwrap().trim().to_owned()
             }
         };
+        // The test's proxy caches the property and learns of a change from PropertiesChanged,
+        // which may come a moment after the command returned (CI caught a read in between).
+        let svc = &w.svc;
+        let sees = |on: bool| {
+            wait_until("the proxy to see the switch", Duration::from_secs(5), move || async move {
+                svc.auto_takeover().await.unwrap() == on
+            })
+        };
         assert_eq!(cli(&["auto-takeover"]).await, "off");
         assert_eq!(cli(&["auto-takeover", "on"]).await, "on");
-        assert!(w.svc.auto_takeover().await.unwrap());
+        sees(true).await;
         assert_eq!(cli(&["auto-takeover", "toggle"]).await, "off");
-        assert!(!w.svc.auto_takeover().await.unwrap());
+        sees(false).await;
     })
     .await;
 }

@@ -19,7 +19,7 @@ fn stat_fields(path: &str) -> Vec<u64> {
 }
 
 /// CPU seconds from /proc/PID/stat: (the process's own utime+stime, which counts threads that
-/// have exited too, like a run's pty reader; its reaped children's cutime+cstime). Clock ticks
+/// have exited too; its reaped children's cutime+cstime). Clock ticks
 /// are 10 ms, so a budget is judged on sums over rounds.
 pub fn cpu_seconds(pid: u32) -> (f64, f64) {
     let f = stat_fields(&format!("/proc/{pid}/stat"));
