@@ -40,8 +40,8 @@ enum Last {
     Quiet,
     /// The first write after a quiet spell, seen by the reactor.
     Woke,
-    /// Some output, at a measured rate.
-    Some,
+    /// Output, at a measured rate.
+    Output,
     /// The pty nearly full.
     Full,
 }
@@ -64,10 +64,10 @@ impl Pace {
         let gap = match self.last {
             Last::Full => Duration::ZERO,
             Last::Woke => FIRST_GAP,
-            Last::Some if self.rate > 0.0 => {
+            Last::Output if self.rate > 0.0 => {
                 Duration::from_secs_f64(HOLD_FILL / self.rate).clamp(MIN_GAP, MAX_GAP)
             }
-            Last::Quiet | Last::Some => return Plan::Watch,
+            Last::Quiet | Last::Output => return Plan::Watch,
         };
         Plan::ReadAt((since + gap).min(due).max(now))
     }
@@ -89,7 +89,7 @@ impl Pace {
             0 => Last::Quiet,
             n if n >= NEARLY_FULL => Last::Full,
             _ if woke => Last::Woke,
-            _ => Last::Some,
+            _ => Last::Output,
         };
         self.since = Some(now);
     }
@@ -106,6 +106,13 @@ mod tests {
 
     fn ms(t0: Instant, ms: u64) -> Instant {
         t0 + Duration::from_millis(ms)
+    }
+
+    /// A pace that a first write (60 bytes, seen by the reactor) woke at `t0`.
+    fn woken_at(t0: Instant) -> Pace {
+        let mut pace = Pace::default();
+        pace.read(t0, 60, true);
+        pace
     }
 
     #[test]
@@ -128,8 +135,7 @@ mod tests {
     #[test]
     fn steady_output_is_read_before_half_a_pty_piles_up() {
         let t0 = Instant::now();
-        let mut pace = Pace::default();
-        pace.read(t0, 60, true);
+        let mut pace = woken_at(t0);
         // 400 KB/s: 4 KB in 10 ms; 8 KB take ~20 ms.
         pace.read(ms(t0, 10), 4000, false);
         let Plan::ReadAt(at) = pace.plan(ms(t0, 10), ms(t0, 200)) else { panic!("not timed") };
@@ -145,8 +151,7 @@ mod tests {
     #[test]
     fn a_slow_writer_is_still_read_often_enough_for_a_burst() {
         let t0 = Instant::now();
-        let mut pace = Pace::default();
-        pace.read(t0, 60, true);
+        let mut pace = woken_at(t0);
         // isync 1.4's ~120 KB/s would allow ~68 ms; a box's queue burst may start at any time.
         pace.read(ms(t0, 20), 2400, false);
         assert_eq!(pace.plan(ms(t0, 20), ms(t0, 200)), Plan::ReadAt(ms(t0, 20) + MAX_GAP));
@@ -167,8 +172,7 @@ mod tests {
     #[test]
     fn a_read_right_after_another_keeps_the_rate() {
         let t0 = Instant::now();
-        let mut pace = Pace::default();
-        pace.read(t0, 60, true);
+        let mut pace = woken_at(t0);
         pace.read(ms(t0, 10), 1200, false);
         let before = pace.plan(ms(t0, 10), ms(t0, 500));
         pace.read(ms(t0, 10), 100, false);

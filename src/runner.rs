@@ -227,9 +227,9 @@ impl Mbsync {
     /// Hold the output until `until` (a throttled publish is due then): the pty is still read,
     /// so mbsync never blocks on it, but on a timer paced to mbsync's rate instead of at each
     /// write, and what was read is handed to the run in one piece at `until` (or taken by the
-    /// publish due then, with [`Mbsync::take_held`]). A burst then wakes the daemon a few times per publish, not
-    /// once per record; with `None` every read goes out at once, so an isolated change keeps its
-    /// latency.
+    /// publish due then, with [`Mbsync::take_held`]). A burst then wakes the daemon a few times
+    /// per publish, not once per record; with `None` every read goes out at once, so an isolated
+    /// change keeps its latency.
     pub fn hold_until(&mut self, until: Option<Instant>) {
         self.due = until;
     }
@@ -281,6 +281,7 @@ impl Mbsync {
             if let Some(pty) = self.pty.take() {
                 self.pty = Some(if watch { pty.watched() } else { pty.quiet() });
             }
+            let watched = matches!(self.pty, Some(Pty::Watched(_)));
             let read_at = match plan {
                 Some(Plan::ReadAt(at)) => Some(Instant::from_std(at)),
                 // Watching through a hold: what was read still goes out at its end.
@@ -288,16 +289,14 @@ impl Mbsync {
                 _ => None,
             };
             // The reactor refused the pty: read it on a short timer instead, slower but whole.
-            let read_at = match (&self.pty, watch) {
-                (Some(Pty::Quiet(_)), true) => {
-                    Some(read_at.map_or(now + UNWATCHED_GAP, |at| at.min(now + UNWATCHED_GAP)))
-                }
-                _ => read_at,
+            let read_at = if watch && !watched && self.pty.is_some() {
+                read_at.into_iter().chain([now + UNWATCHED_GAP]).min()
+            } else {
+                read_at
             };
             let stderr_open = self.stderr.is_some();
             let running = self.status.is_none();
             let drain_until = self.drain_until;
-            let watched = matches!(self.pty, Some(Pty::Watched(_)));
             tokio::select! {
                 biased;
                 read = read_watched(self.pty.as_ref(), &mut self.read_buf, &mut self.pending), if watched => match read {
