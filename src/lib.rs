@@ -6,6 +6,7 @@
 //! config; [`runner`] drives one mbsync process; [`core`] owns accounts and runs and knows
 //! nothing of D-Bus; [`bus`] is the thin D-Bus layer; [`cli`] holds the client subcommands.
 
+pub mod alarm;
 pub mod alerts;
 pub mod bar;
 pub mod bus;

@@ -11,6 +11,7 @@ use tokio::{
 };
 
 use crate::{
+    alarm::Alarm,
     parser::{Event, Parser},
     progress::Outcome,
     runner::{Exit, Mbsync, Output},
@@ -92,6 +93,8 @@ pub async fn drive(
     let mut events = Vec::new();
     let mut throttle = Throttle::new(throttle::DEFAULT_INTERVAL);
     let mut publish_at: Option<Instant> = None;
+    // Moved at nearly every publish: a timerfd, not the runtime's timer wheel (see `alarm`).
+    let mut publish_alarm = Alarm::new();
     let mut kill_at: Option<Instant> = None;
     let mut stopped = None;
     let started = Instant::now();
@@ -102,6 +105,7 @@ pub async fn drive(
     tokio::pin!(stall_check);
     let mut stuck = false;
     let exit = loop {
+        publish_alarm.set(publish_at);
         // Biased: a stop is acted on first, and a due publish runs before more output is read
         // (it takes what is held itself). Should the hold's end hand the output over first (the
         // publish timer ticks on the next millisecond), the throttle answers `Pending` and the
@@ -124,7 +128,7 @@ pub async fn drive(
                 tracing::warn!(pid = mbsync.pid(), "mbsync ignored SIGTERM; killing it");
                 mbsync.signal(Signal::SIGKILL);
             }
-            () = sleep_until(publish_at.unwrap_or_else(Instant::now)), if publish_at.is_some() => {
+            () = publish_alarm.wait(), if publish_at.is_some() => {
                 publish_at = None;
                 // The publish carries what mbsync wrote up to now, not only up to the last read.
                 if let Some(bytes) = mbsync.take_held() {

@@ -69,6 +69,8 @@ pub struct Mbsync {
     held: bool,
     /// How fast mbsync writes, to pace the reads while holding.
     pace: crate::pace::Pace,
+    /// When the pace's next read is due (a timerfd: see [`crate::alarm`]).
+    alarm: crate::alarm::Alarm,
     read_buf: Box<[u8]>,
     stderr: Option<ChildStderr>,
     stderr_buf: Vec<u8>,
@@ -197,6 +199,7 @@ impl Mbsync {
             due: None,
             held: false,
             pace: crate::pace::Pace::default(),
+            alarm: crate::alarm::Alarm::new(),
             read_buf: vec![0; READ_CHUNK].into_boxed_slice(),
             stderr,
             stderr_buf: Vec::new(),
@@ -294,6 +297,7 @@ impl Mbsync {
             } else {
                 read_at
             };
+            self.alarm.set(read_at);
             let stderr_open = self.stderr.is_some();
             let running = self.status.is_none();
             let drain_until = self.drain_until;
@@ -304,7 +308,7 @@ impl Mbsync {
                     Some(_) => {}
                     None => self.pty = None,
                 },
-                () = tokio::time::sleep_until(read_at.unwrap_or(now)), if read_at.is_some() => {
+                () = self.alarm.wait(), if read_at.is_some() => {
                     self.read_now(Instant::now());
                 }
                 read = read_stream(self.stderr.as_mut(), &mut self.err_buf), if stderr_open => match read {
