@@ -5,8 +5,9 @@
 //! isync 1.4 writes two records per message. So while holding, the pty is read on a timer paced
 //! to mbsync's measured rate (at least every 30 ms), read again at once while it comes back
 //! nearly full (isync 1.4 queueing a box prints megabytes per second for a moment), and watched
-//! only while mbsync is quiet, so the first write of a burst is seen at once and measured. Pure:
-//! the caller passes the clock.
+//! only while mbsync is quiet or has just printed a line (a `-V` step: opening, loading,
+//! synchronizing a box, after which isync 1.4 queues the box's messages), so the first write of
+//! a burst is seen at once and measured. Pure: the caller passes the clock.
 
 use std::time::{Duration, Instant};
 
@@ -54,6 +55,8 @@ pub struct Pace {
     /// Bytes per second over the last timed gap.
     rate: f64,
     last: Last,
+    /// The last read that found output held a line of mbsync's: a box's burst may come next.
+    step: bool,
 }
 
 impl Pace {
@@ -63,6 +66,9 @@ impl Pace {
         let since = self.since.unwrap_or(now);
         let gap = match self.last {
             Last::Full => Duration::ZERO,
+            // A timed read up to `MAX_GAP` away would leave a burst that starts now blocked on
+            // the full pty until then (measured: ~30 ms per box, most of a small sync's time).
+            _ if self.step => return Plan::Watch,
             Last::Woke => FIRST_GAP,
             Last::Output if self.rate > 0.0 => {
                 Duration::from_secs_f64(HOLD_FILL / self.rate).clamp(MIN_GAP, MAX_GAP)
@@ -72,8 +78,10 @@ impl Pace {
         Plan::ReadAt((since + gap).min(due).max(now))
     }
 
-    /// `bytes` were read at `now`; `woke` if the reactor's wakeup at a write led to the read.
-    pub fn read(&mut self, now: Instant, bytes: usize, woke: bool) {
+    /// `bytes` were read at `now`; `woke` if the reactor's wakeup at a write led to the read;
+    /// `line` if they held a line end (progress records end in `\r`, mbsync's other lines in
+    /// `\n`).
+    pub fn read(&mut self, now: Instant, bytes: usize, woke: bool, line: bool) {
         if let Some(since) = self.since {
             let secs = now.saturating_duration_since(since).as_secs_f64();
             // A read right after another says nothing of the rate, nor that mbsync is quiet.
@@ -84,6 +92,9 @@ impl Pace {
             if !woke && secs >= 0.001 {
                 self.rate = bytes as f64 / secs;
             }
+        }
+        if bytes > 0 {
+            self.step = line;
         }
         self.last = match bytes {
             0 => Last::Quiet,
@@ -111,7 +122,7 @@ mod tests {
     /// A pace that a first write (60 bytes, seen by the reactor) woke at `t0`.
     fn woken_at(t0: Instant) -> Pace {
         let mut pace = Pace::default();
-        pace.read(t0, 60, true);
+        pace.read(t0, 60, true, false);
         pace
     }
 
@@ -120,7 +131,7 @@ mod tests {
         let t0 = Instant::now();
         let mut pace = Pace::default();
         assert_eq!(pace.plan(t0, ms(t0, 100)), Plan::Watch);
-        pace.read(ms(t0, 20), 0, false);
+        pace.read(ms(t0, 20), 0, false, false);
         assert_eq!(pace.plan(ms(t0, 20), ms(t0, 100)), Plan::Watch);
     }
 
@@ -128,7 +139,7 @@ mod tests {
     fn a_first_write_is_measured_over_a_short_gap() {
         let t0 = Instant::now();
         let mut pace = Pace::default();
-        pace.read(ms(t0, 30), 60, true);
+        pace.read(ms(t0, 30), 60, true, false);
         assert_eq!(pace.plan(ms(t0, 30), ms(t0, 100)), Plan::ReadAt(ms(t0, 32)));
     }
 
@@ -137,7 +148,7 @@ mod tests {
         let t0 = Instant::now();
         let mut pace = woken_at(t0);
         // 400 KB/s: 4 KB in 10 ms; 8 KB take ~20 ms.
-        pace.read(ms(t0, 10), 4000, false);
+        pace.read(ms(t0, 10), 4000, false, false);
         let Plan::ReadAt(at) = pace.plan(ms(t0, 10), ms(t0, 200)) else { panic!("not timed") };
         assert!((ms(t0, 29)..ms(t0, 32)).contains(&at), "{:?}", at - t0);
         // Never past the hold's end.
@@ -153,7 +164,7 @@ mod tests {
         let t0 = Instant::now();
         let mut pace = woken_at(t0);
         // isync 1.4's ~120 KB/s would allow ~68 ms; a box's queue burst may start at any time.
-        pace.read(ms(t0, 20), 2400, false);
+        pace.read(ms(t0, 20), 2400, false, false);
         assert_eq!(pace.plan(ms(t0, 20), ms(t0, 200)), Plan::ReadAt(ms(t0, 20) + MAX_GAP));
     }
 
@@ -161,24 +172,41 @@ mod tests {
     fn a_nearly_full_pty_is_read_again_at_once() {
         let t0 = Instant::now();
         let mut pace = Pace::default();
-        pace.read(ms(t0, 5), NEARLY_FULL + 100, false);
+        pace.read(ms(t0, 5), NEARLY_FULL + 100, false, false);
         assert_eq!(pace.plan(ms(t0, 5), ms(t0, 100)), Plan::ReadAt(ms(t0, 5)));
         // A fast burst (4 MB/s) is read every few milliseconds after that.
-        pace.read(ms(t0, 7), 8000, false);
+        pace.read(ms(t0, 7), 8000, false, false);
         let Plan::ReadAt(at) = pace.plan(ms(t0, 7), ms(t0, 100)) else { panic!("not timed") };
         assert!(at - ms(t0, 7) <= Duration::from_millis(3), "{:?}", at - t0);
+    }
+
+    #[test]
+    fn after_a_line_the_next_write_is_watched_for() {
+        let t0 = Instant::now();
+        let mut pace = woken_at(t0);
+        pace.read(ms(t0, 10), 1200, false, false);
+        assert!(matches!(pace.plan(ms(t0, 10), ms(t0, 100)), Plan::ReadAt(_)));
+        // "Synchronizing...": isync 1.4 queues the box next, at megabytes a second.
+        pace.read(ms(t0, 40), 300, false, true);
+        assert_eq!(pace.plan(ms(t0, 40), ms(t0, 100)), Plan::Watch);
+        // The burst's first write wakes the run and is measured over the short gap.
+        pace.read(ms(t0, 45), 4000, true, false);
+        assert_eq!(pace.plan(ms(t0, 45), ms(t0, 100)), Plan::ReadAt(ms(t0, 45) + FIRST_GAP));
+        // A line read with a burst behind it: the full pty comes first.
+        pace.read(ms(t0, 50), NEARLY_FULL, false, true);
+        assert_eq!(pace.plan(ms(t0, 50), ms(t0, 100)), Plan::ReadAt(ms(t0, 50)));
     }
 
     #[test]
     fn a_read_right_after_another_keeps_the_rate() {
         let t0 = Instant::now();
         let mut pace = woken_at(t0);
-        pace.read(ms(t0, 10), 1200, false);
+        pace.read(ms(t0, 10), 1200, false, false);
         let before = pace.plan(ms(t0, 10), ms(t0, 500));
-        pace.read(ms(t0, 10), 100, false);
+        pace.read(ms(t0, 10), 100, false, false);
         assert_eq!(pace.plan(ms(t0, 10), ms(t0, 500)), before);
         // Nor does an empty one say mbsync went quiet.
-        pace.read(ms(t0, 10), 0, false);
+        pace.read(ms(t0, 10), 0, false, false);
         assert_eq!(pace.plan(ms(t0, 10), ms(t0, 500)), before);
     }
 }

@@ -304,7 +304,10 @@ impl Mbsync {
             tokio::select! {
                 biased;
                 read = read_watched(self.pty.as_ref(), &mut self.read_buf, &mut self.pending), if watched => match read {
-                    Some(bytes) if holding => self.pace.read(Instant::now().into_std(), bytes, true),
+                    Some(bytes) if holding => {
+                        let line = has_line(&self.pending, bytes);
+                        self.pace.read(Instant::now().into_std(), bytes, true, line);
+                    }
                     Some(_) => {}
                     None => self.pty = None,
                 },
@@ -335,8 +338,8 @@ impl Mbsync {
     fn read_now(&mut self, now: Instant) {
         // Nothing is read beyond the bound, so nothing is learnt of the rate either.
         let Some(pty) = self.pty.as_ref().filter(|_| self.pending.len() < HOLD_MAX) else { return };
-        let (bytes, drained) = read_available(pty.fd(), &mut self.read_buf, &mut self.pending);
-        self.pace.read(now.into_std(), bytes, false);
+        let (bytes, drained) = read_available(pty.fd(), &mut self.read_buf, &mut self.pending, false);
+        self.pace.read(now.into_std(), bytes, false, has_line(&self.pending, bytes));
         if drained == Drained::Closed {
             self.pty = None;
         }
@@ -353,6 +356,12 @@ impl Mbsync {
             Err(err) => Exit { code: None, signal: None, stderr: format!("{stderr}{err}") },
         }
     }
+}
+
+/// Whether the last `bytes` of `pending` hold a line end: mbsync printed a step (`-V`), not only
+/// progress records.
+fn has_line(pending: &[u8], bytes: usize) -> bool {
+    pending[pending.len().saturating_sub(bytes)..].contains(&b'\n')
 }
 
 /// Append `bytes` to `buf`, keeping only its last `limit` bytes.
@@ -378,6 +387,13 @@ const HOLD_MAX: usize = 256 * 1024;
 const UNWATCHED_GAP: std::time::Duration = std::time::Duration::from_millis(20);
 /// The most read from the pty in one call (the tty layer hands out at most 4 KiB per read).
 const READ_CHUNK: usize = 16 * 1024;
+/// A read of fewer bytes found the tty's 4 KiB line buffer not full, so the kernel had moved all
+/// it held into it: whatever is left, mbsync wrote since. A timed read stops there. Reading on to
+/// EAGAIN costs more than it finds: a read of an empty tty waits for the kernel worker that moves
+/// mbsync's newest writes (`n_tty_read` → `flush_work`), a context switch each time mbsync is
+/// busy (a fifth of the daemon's switches through a sync, measured with `perf record -e
+/// sched:sched_switch -g`).
+const SHORT_READ: usize = 4095;
 
 /// The pty master, read on the runtime. Watched, its reactor wakes the run at the first write;
 /// quiet (deregistered), mbsync's writes wake nothing and it is read on a timer: an edge-triggered
@@ -437,7 +453,7 @@ async fn read_watched(pty: Option<&Pty>, buf: &mut [u8], pending: &mut Vec<u8>) 
             Ok(Ok(n)) => {
                 pending.extend_from_slice(&buf[..n]);
                 // The rest of a burst, without waiting.
-                let (more, drained) = read_available(fd.get_ref(), buf, pending);
+                let (more, drained) = read_available(fd.get_ref(), buf, pending, true);
                 if drained == Drained::Empty {
                     // Read to EAGAIN: the next wait needs a new write, not one more empty read.
                     guard.clear_ready();
@@ -459,15 +475,19 @@ async fn read_watched(pty: Option<&Pty>, buf: &mut [u8], pending: &mut Vec<u8>) 
 enum Drained {
     /// Nothing more to read now.
     Empty,
+    /// A read found less than the tty's buffer holds: what is left came after it (not read, as
+    /// a read of an empty tty waits for the kernel's flush of mbsync's newest writes).
+    Short,
     /// [`HOLD_MAX`] is held: the rest waits.
     Capped,
     /// EOF (or an error): the pty is done.
     Closed,
 }
 
-/// Read everything the pty has now, without waiting (up to [`HOLD_MAX`] held): how many bytes,
-/// and how it ended.
-fn read_available(fd: &OwnedFd, buf: &mut [u8], pending: &mut Vec<u8>) -> (usize, Drained) {
+/// Read what the pty has now, without waiting (up to [`HOLD_MAX`] held): how many bytes, and
+/// how it ended. `to_the_end` reads until the pty says it is empty; else reading stops after a
+/// read that found the tty's 4 KiB buffer not full (see [`SHORT_READ`]).
+fn read_available(fd: &OwnedFd, buf: &mut [u8], pending: &mut Vec<u8>, to_the_end: bool) -> (usize, Drained) {
     let mut bytes = 0;
     while pending.len() < HOLD_MAX {
         match read_once(fd, buf) {
@@ -475,6 +495,9 @@ fn read_available(fd: &OwnedFd, buf: &mut [u8], pending: &mut Vec<u8>) -> (usize
             Ok(n) => {
                 pending.extend_from_slice(&buf[..n]);
                 bytes += n;
+                if !to_the_end && n < SHORT_READ {
+                    return (bytes, Drained::Short);
+                }
             }
             Err(err) if err.kind() == io::ErrorKind::WouldBlock => return (bytes, Drained::Empty),
             Err(err) => {
