@@ -134,6 +134,7 @@ pub async fn drive(
                 if let Some(bytes) = mbsync.take_held() {
                     moved_at = Instant::now();
                     parser.feed_latest(&bytes, &mut events);
+                    mbsync.recycle(bytes);
                     sink.apply(&mut events);
                 }
                 let now = Instant::now();
@@ -164,6 +165,7 @@ pub async fn drive(
                         sink.publish();
                     }
                     parser.feed_latest(&bytes, &mut events);
+                    mbsync.recycle(bytes);
                     if sink.apply(&mut events) {
                         let now = Instant::now();
                         match throttle.changed(now.into_std()) {

@@ -249,6 +249,15 @@ impl Mbsync {
         Some(std::mem::take(&mut self.pending))
     }
 
+    /// Hand back a buffer [`Mbsync::next`] or [`Mbsync::take_held`] gave out, once read: it
+    /// holds the next output, so reading allocates nothing while the run goes on.
+    pub fn recycle(&mut self, mut bytes: Vec<u8>) {
+        if self.pending.is_empty() && bytes.capacity() > self.pending.capacity() {
+            bytes.clear();
+            self.pending = bytes;
+        }
+    }
+
     /// The next piece of output, or the end of the run. Cancel-safe: what was read is kept in
     /// `self` before any await.
     pub async fn next(&mut self) -> Output {

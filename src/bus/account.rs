@@ -13,7 +13,7 @@ pub const ACCOUNT_INTERFACE: &str = "org.himalaya.Sync.Account";
 /// An account object: a copy of the account's last published record.
 pub struct Account {
     pub(crate) name: String,
-    pub(crate) record: Record,
+    pub(crate) record: std::sync::Arc<Record>,
 }
 
 #[interface(name = "org.himalaya.Sync.Account")]

@@ -17,9 +17,8 @@ use super::{
     account::{ACCOUNT_INTERFACE, Account},
     jobview,
     lock::BusLocks,
-    notify,
-    record::to_dict,
-    service::{Service, ServiceSignals},
+    notify, record,
+    service::{SERVICE_INTERFACE, Service, ServiceSignals},
 };
 use crate::{
     core::{Core, CoreEvent, Settings},
@@ -143,7 +142,7 @@ async fn sync_account_objects(
             continue;
         }
         let Ok(path) = names::account_path(&name) else { continue };
-        match server.at(path.as_str(), Account { name: name.clone(), record }).await {
+        match server.at(path.as_str(), Account { name: name.clone(), record: record.into() }).await {
             Ok(_) => {
                 objects.insert(name, path);
             }
@@ -179,7 +178,9 @@ async fn publish(
     while let Some(event) = events.recv().await {
         let result = match event {
             CoreEvent::Progress { account, record } => {
-                let sent = service.progress_changed(&account, to_dict(&record)).await;
+                // `ProgressChanged`, from a borrowed record (see `record::wire`).
+                let body = (account.as_str(), record::wire(&record));
+                let sent = service.signal_emitter().emit(SERVICE_INTERFACE, "ProgressChanged", &body).await;
                 if notifier.is_some() {
                     tell(notify::Input::Record { account: account.clone(), record: record.clone() });
                 }
@@ -189,7 +190,7 @@ async fn publish(
                 {
                     tracing::debug!("the job view task is gone");
                 }
-                update_account_object(&conn, &objects, &account, *record).await;
+                update_account_object(&conn, &objects, &account, record).await;
                 sent
             }
             CoreEvent::Finished { account, ok, message } => {
@@ -227,7 +228,7 @@ async fn update_account_object(
     conn: &Connection,
     objects: &BTreeMap<String, String>,
     account: &str,
-    record: crate::progress::Record,
+    record: std::sync::Arc<crate::progress::Record>,
 ) {
     let Some(path) = objects.get(account) else { return };
     let Ok(iface) = conn.object_server().interface::<_, Account>(path.as_str()).await else { return };
@@ -235,7 +236,7 @@ async fn update_account_object(
     let old = std::mem::replace(&mut obj.record, record);
     let new = &obj.record;
     let mut changed: HashMap<&str, Variant<'_>> = HashMap::new();
-    changed.insert("Progress", Variant::from(to_dict(new)));
+    changed.insert("Progress", Variant::from(record::wire(new)));
     if old.state != new.state {
         changed.insert("State", Variant::from(obj.state()));
     }

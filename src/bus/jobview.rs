@@ -99,7 +99,7 @@ pub fn final_amounts(r: &Record) -> Option<(u64, u64)> {
 /// What the task hears of the core.
 #[derive(Debug)]
 pub enum Input {
-    Record { account: String, record: Box<Record> },
+    Record { account: String, record: std::sync::Arc<Record> },
 }
 
 /// Start the job task; feed it with the returned sender.

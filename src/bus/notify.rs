@@ -58,7 +58,7 @@ pub trait Notifications {
 /// What the notifier hears of the core.
 #[derive(Debug)]
 pub enum Input {
-    Record { account: String, record: Box<Record> },
+    Record { account: String, record: std::sync::Arc<Record> },
     TookOver { account: String, why: String, stopped: Box<Stopped> },
     Problem { account: String, message: String },
 }

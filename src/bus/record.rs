@@ -1,7 +1,7 @@
 //! A [`Record`] as the `a{sv}` dictionary of DESIGN.md. Keys of unknown values are left out, so
 //! clients and the API can grow.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use zbus::{OwnedVariant, Variant};
 
@@ -18,61 +18,84 @@ pub(crate) fn v<'a>(value: impl Into<Variant<'a>>) -> OwnedVariant {
     OwnedVariant::try_from(value.into()).expect("plain values always convert")
 }
 
-fn count(n: u64) -> OwnedVariant {
-    v(u32::try_from(n).unwrap_or(u32::MAX))
+/// A record on its way out: static keys, values borrowed from the record. Built at every
+/// publish (for the signal and for the account object's property), so only the map allocates;
+/// owned keys and values (`to_dict`) were a third of a publish's cost.
+pub type Wire<'a> = BTreeMap<&'static str, Variant<'a>>;
+
+fn count(n: u64) -> Variant<'static> {
+    Variant::from(u32::try_from(n).unwrap_or(u32::MAX))
 }
 
-fn counter(d: &mut Dict, key: &str, c: Option<Counter>) {
+/// `<name>_done` and `<name>_total`.
+macro_rules! keys {
+    ($name:literal) => {
+        [concat!($name, "_done"), concat!($name, "_total")]
+    };
+}
+
+fn counter(d: &mut Wire<'_>, [done, total]: [&'static str; 2], c: Option<Counter>) {
     if let Some(c) = c {
-        d.insert(format!("{key}_done"), count(c.done));
-        d.insert(format!("{key}_total"), count(c.total));
+        d.insert(done, count(c.done));
+        d.insert(total, count(c.total));
     }
 }
 
-fn side(d: &mut Dict, key: &str, s: Option<SideCounters>) {
+fn side(d: &mut Wire<'_>, keys: [[&'static str; 2]; 4], s: Option<SideCounters>) {
     if let Some(s) = s {
-        counter(d, &format!("{key}_new"), Some(s.new));
-        counter(d, &format!("{key}_flags"), Some(s.flags));
-        counter(d, &format!("{key}_trashed"), Some(s.trashed));
-        counter(d, &format!("{key}_expunged"), s.expunged);
+        let [new, flags, trashed, expunged] = keys;
+        counter(d, new, Some(s.new));
+        counter(d, flags, Some(s.flags));
+        counter(d, trashed, Some(s.trashed));
+        counter(d, expunged, s.expunged);
     }
 }
 
-/// Encode a record.
+/// Encode a record for the wire.
 #[must_use]
-pub fn to_dict(r: &Record) -> Dict {
-    let mut d = Dict::new();
-    d.insert("state".into(), v(r.state.as_str()));
-    d.insert("stuck".into(), v(r.stuck));
+pub fn wire<'r>(r: &'r Record) -> Wire<'r> {
+    let mut d = Wire::new();
+    d.insert("state", Variant::from(r.state.as_str()));
+    d.insert("stuck", Variant::from(r.stuck));
     if r.state == crate::progress::State::External {
-        d.insert("overdue".into(), v(r.overdue));
+        d.insert("overdue", Variant::from(r.overdue));
     }
-    let mut put = |k: &str, value: Option<OwnedVariant>| {
+    let mut put = |k: &'static str, value: Option<Variant<'r>>| {
         if let Some(value) = value {
-            d.insert(k.to_owned(), value);
+            d.insert(k, value);
         }
     };
-    put("owner", r.owner.map(|o| v(o.as_str())));
-    put("pid", r.pid.map(v));
-    put("owner_pid", r.owner_pid.map(v));
-    put("command", r.command.clone().map(v));
-    put("started_at", r.started_at.map(v));
-    put("last_update", r.last_update.map(v));
-    put("finished_at", r.finished_at.map(v));
-    put("channel", r.channel.clone().map(v));
-    put("mailbox", r.mailbox.clone().map(v));
-    put("operation", r.operation.clone().map(v));
-    put("rate", r.rate.map(v));
+    put("owner", r.owner.map(|o| Variant::from(o.as_str())));
+    put("pid", r.pid.map(Variant::from));
+    put("owner_pid", r.owner_pid.map(Variant::from));
+    put("command", r.command.as_ref().map(Variant::from));
+    put("started_at", r.started_at.map(Variant::from));
+    put("last_update", r.last_update.map(Variant::from));
+    put("finished_at", r.finished_at.map(Variant::from));
+    put("channel", r.channel.as_deref().map(Variant::from));
+    put("mailbox", r.mailbox.as_deref().map(Variant::from));
+    put("operation", r.operation.as_deref().map(Variant::from));
+    put("rate", r.rate.map(Variant::from));
     put("eta_s", r.eta_s.map(count));
-    put("percent", r.percent.map(v));
-    put("last_result", r.last_result.clone().map(v));
-    put("last_error", r.last_error.clone().map(v));
-    counter(&mut d, "channels", r.channels);
-    counter(&mut d, "boxes", r.boxes);
-    counter(&mut d, "messages", r.messages);
-    side(&mut d, "far", r.far);
-    side(&mut d, "near", r.near);
+    put("percent", r.percent.map(Variant::from));
+    put("last_result", r.last_result.as_deref().map(Variant::from));
+    put("last_error", r.last_error.as_deref().map(Variant::from));
+    counter(&mut d, keys!("channels"), r.channels);
+    counter(&mut d, keys!("boxes"), r.boxes);
+    counter(&mut d, keys!("messages"), r.messages);
+    side(&mut d, [keys!("far_new"), keys!("far_flags"), keys!("far_trashed"), keys!("far_expunged")], r.far);
+    side(
+        &mut d,
+        [keys!("near_new"), keys!("near_flags"), keys!("near_trashed"), keys!("near_expunged")],
+        r.near,
+    );
     d
+}
+
+/// Encode a record as an owned dictionary (a method's answer, a holder's signal).
+#[must_use]
+pub fn to_dict(r: &Record) -> Dict {
+    wire(r).into_iter().map(|(k, value)| (k.to_owned(), v(value))).collect()
 }
 
 /// Decode a record a lock holder published. Unknown keys and values of the wrong type are

@@ -43,6 +43,9 @@ pub struct Service {
     pub(crate) core: Core<BusLocks>,
 }
 
+/// The service interface's name (as in the `#[interface]` below), for signals emitted by hand.
+pub const SERVICE_INTERFACE: &str = "org.himalaya.Sync";
+
 #[interface(
     name = "org.himalaya.Sync",
     proxy(default_path = "/org/himalaya/Sync", default_service = "org.himalaya.Sync")

@@ -296,7 +296,7 @@ impl<L: Locks> Core<L> {
                 .collect()
         };
         for (account, record) in records {
-            self.emit(super::CoreEvent::Progress { account, record: Box::new(record) });
+            self.emit(super::CoreEvent::Progress { account, record: std::sync::Arc::new(record) });
         }
     }
 }

@@ -49,7 +49,9 @@ use crate::{
 #[derive(Debug)]
 pub enum CoreEvent {
     /// An account's record changed (throttled; first and final states always sent).
-    Progress { account: String, record: Box<Record> },
+    /// Shared: the bus layer hands one record to the signal, the account object, the notifier
+    /// and the job view without copying it.
+    Progress { account: String, record: std::sync::Arc<Record> },
     /// A supervised sync ended.
     Finished { account: String, ok: bool, message: String },
     /// The set of accounts changed (the mbsync config was edited).
@@ -465,7 +467,7 @@ impl<L: Locks> Core<L> {
             slot.run = Some(RunHandle { stop: stop_tx, task: None });
             slot.progress.record().clone()
         };
-        self.emit(CoreEvent::Progress { account: account.into(), record: Box::new(record) });
+        self.emit(CoreEvent::Progress { account: account.into(), record: std::sync::Arc::new(record) });
         let task = tokio::spawn(self.clone().boxed_run_task(scope.clone(), mbsync, stop_rx));
         if let Some(run) = self.inner().accounts.get_mut(account).and_then(|s| s.run.as_mut()) {
             run.task = Some(task);
@@ -670,7 +672,7 @@ impl<L: Locks> Core<L> {
         if let Err(err) = store.save(&state) {
             tracing::warn!(%err, "cannot save the state file");
         }
-        self.emit(CoreEvent::Progress { account: account.clone(), record: Box::new(record) });
+        self.emit(CoreEvent::Progress { account: account.clone(), record: std::sync::Arc::new(record) });
         let (ok, message) = match outcome {
             Outcome::Ok => (true, "sync finished".to_owned()),
             Outcome::Cancelled => (false, "sync cancelled".to_owned()),
@@ -726,7 +728,7 @@ impl<L: Locks> Core<L> {
 
     fn publish(&self, account: &str) {
         let record = self.with_slot(account, |slot| slot.progress.record().clone());
-        self.emit(CoreEvent::Progress { account: account.to_owned(), record: Box::new(record) });
+        self.emit(CoreEvent::Progress { account: account.to_owned(), record: std::sync::Arc::new(record) });
     }
 }
 
