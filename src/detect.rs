@@ -81,24 +81,25 @@ pub enum LockProbe {
     Held(u32),
 }
 
-/// Ask the kernel who holds mbsync's POSIX lock on `path` (`F_GETLK` on that one file). Not the
-/// system's lock table (/proc/locks): each of its reads waits for an RCU grace period, 10–23 ms
-/// measured, with the daemon's only thread blocked and mbsync's pty unread. The open is an
-/// `IN_OPEN` of its own, which the watch skips.
-#[must_use]
-pub fn lock_owner(path: &Path) -> LockProbe {
+/// Open one of mbsync's `*.lock` files to ask about it: never a FIFO or a device someone named
+/// `*.lock`, never through a symlink.
+fn open_lock(path: &Path) -> Option<std::fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
-    // Never a FIFO or a device someone named `*.lock`, never through a symlink.
     if !std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_file()) {
-        return LockProbe::NotOpened;
+        return None;
     }
-    let Ok(file) = std::fs::OpenOptions::new()
+    let file = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
         .open(path)
-    else {
-        return LockProbe::NotOpened;
-    };
+        .ok()?;
+    file.metadata().is_ok_and(|m| m.file_type().is_file()).then_some(file)
+}
+
+/// Ask the kernel who holds mbsync's POSIX lock on `file` (`F_GETLK` on that one file). Not the
+/// system's lock table (/proc/locks): each of its reads waits for an RCU grace period, 10–23 ms
+/// measured, with the daemon's only thread blocked and mbsync's pty unread.
+fn lock_holder(file: &std::fs::File) -> LockProbe {
     // A write lock conflicts with any lock mbsync holds; the kernel describes the holder.
     let mut lock = nix::libc::flock {
         l_type: nix::libc::F_WRLCK as i16,
@@ -107,7 +108,7 @@ pub fn lock_owner(path: &Path) -> LockProbe {
         l_len: 0,
         l_pid: 0,
     };
-    match nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_GETLK(&mut lock)) {
+    match nix::fcntl::fcntl(file, nix::fcntl::FcntlArg::F_GETLK(&mut lock)) {
         Ok(_) if i32::from(lock.l_type) != nix::libc::F_UNLCK => {
             // An open file description lock has no owner PID (-1), nor has a holder in a PID
             // namespace this process cannot see (0): /proc is scanned instead.
@@ -115,6 +116,12 @@ pub fn lock_owner(path: &Path) -> LockProbe {
         }
         Ok(_) | Err(_) => LockProbe::Free,
     }
+}
+
+/// Who holds mbsync's lock on `path`, opening it to ask.
+#[must_use]
+pub fn lock_owner(path: &Path) -> LockProbe {
+    open_lock(path).map_or(LockProbe::NotOpened, |file| lock_holder(&file))
 }
 
 /// An `Inotify` for tokio's `AsyncFd`, which wants `AsRawFd`.
@@ -134,19 +141,26 @@ fn may_be_a_box(name: &std::ffi::OsStr) -> bool {
     !name.starts_with('.') && !matches!(name.as_ref(), "cur" | "new" | "tmp")
 }
 
-/// How long after a probe of a lock file other opens of it are taken for echoes: another
-/// watcher's probe (a second daemon of this user, on another session bus) answering ours.
-const ECHO: std::time::Duration = std::time::Duration::from_millis(50);
-
-/// A lock file the service opened to ask who holds it. Each open is an `IN_OPEN` of its own,
-/// skipped once per probe; other opens within [`ECHO`] of the probe are skipped too, so two
-/// daemons never probe each other in a loop. What a skipped open could tell is known already:
-/// the probe found the holder (whom a newcomer cannot displace), or found none and scanned /proc.
-struct Probed {
+/// A lock file the service keeps open to ask about it again. Its first open is an `IN_OPEN` of
+/// the service's own, skipped once (`own`); every later question is `F_GETLK` on the kept file
+/// and opens nothing. So no other watcher (a second daemon of this user, on another session bus)
+/// sees an echo to ask about in turn, and every open the watch sees after the first is news: a
+/// bare mbsync that starts right after one of the service's own runs opened the same lock is seen
+/// at once. (An earlier version took opens within 50 ms of its own for echoes and missed such a
+/// run until it opened its next box; the takeover bench found it.) A kept file is let go when it
+/// is removed (`IN_DELETE`): an open file pins its directories, and a removed directory that is
+/// still pinned never tells its watch it is gone.
+struct Kept {
+    file: std::fs::File,
+    /// Device and inode: a lock file removed and made anew is opened anew.
+    id: (u64, u64),
     /// Own opens whose events are still to come.
     own: u32,
-    at: std::time::Instant,
 }
+
+/// At most this many lock files are kept open (one per box; a systemd user unit gets 1,024
+/// descriptors). Beyond it one is closed for each new one: its next question opens it again.
+const KEPT_MAX: usize = 256;
 
 /// The running watch.
 struct Watch {
@@ -157,15 +171,17 @@ struct Watch {
     /// the Maildir root, or removes and makes it again): their nearest existing ancestor is
     /// watched for the next directory on the way, and its creation places the watch anew.
     awaited: HashMap<WatchDescriptor, Vec<std::ffi::OsString>>,
-    /// Lock files the service opened to ask who holds them (see [`Probed`]).
-    probed: HashMap<PathBuf, Probed>,
+    /// Lock files kept open to ask who holds them (see [`Kept`]).
+    kept: HashMap<PathBuf, Kept>,
     /// Events were lost: scan /proc once the watches are placed anew.
     rescan: bool,
 }
 
 impl Watch {
     fn add(&mut self, dir: &Path, boxes_below: bool) {
-        let mut flags = AddWatchFlags::IN_OPEN | AddWatchFlags::IN_ONLYDIR;
+        // IN_DELETE: a kept lock file (see `Kept`) must be let go when it is removed, or it pins
+        // its directories, whose removal then never reaches the watch.
+        let mut flags = AddWatchFlags::IN_OPEN | AddWatchFlags::IN_DELETE | AddWatchFlags::IN_ONLYDIR;
         if boxes_below {
             flags |= AddWatchFlags::IN_CREATE;
         }
@@ -179,7 +195,7 @@ impl Watch {
 
     /// Watch the lock places of the core's current config (and nothing else).
     fn place<L: Locks>(&mut self, core: &Core<L>) {
-        self.probed.clear();
+        self.kept.clear();
         let old: Vec<WatchDescriptor> =
             self.dirs.drain().map(|(wd, _)| wd).chain(self.awaited.drain().map(|(wd, _)| wd)).collect();
         for wd in old {
@@ -220,7 +236,7 @@ impl Watch {
         // A second watch of one directory replaces the first one's mask: keep what a place or
         // box watch of it asked for.
         if self.dirs.values().any(|(d, _)| d == ancestor) {
-            flags |= AddWatchFlags::IN_OPEN;
+            flags |= AddWatchFlags::IN_OPEN | AddWatchFlags::IN_DELETE;
         }
         match self.fd.get_ref().0.add_watch(ancestor, flags) {
             Ok(wd) => {
@@ -234,12 +250,35 @@ impl Watch {
         }
     }
 
+    /// Who holds mbsync's lock on `path`: asked of the kept file while it is still the one at
+    /// `path`, else of the file opened (and kept) now.
+    fn probe(&mut self, path: &Path) -> LockProbe {
+        use std::os::unix::fs::MetadataExt;
+        let now = std::fs::symlink_metadata(path).ok().map(|m| (m.dev(), m.ino()));
+        if let Some(kept) = self.kept.get(path)
+            && now == Some(kept.id)
+        {
+            return lock_holder(&kept.file);
+        }
+        let Some(file) = open_lock(path) else { return LockProbe::NotOpened };
+        let probe = lock_holder(&file);
+        let Ok(id) = file.metadata().map(|m| (m.dev(), m.ino())) else { return probe };
+        if self.kept.len() >= KEPT_MAX
+            && !self.kept.contains_key(path)
+            && let Some(other) = self.kept.keys().next().cloned()
+        {
+            self.kept.remove(&other);
+        }
+        let own = self.kept.get(path).map_or(0, |k| k.own) + 1;
+        self.kept.insert(path.to_owned(), Kept { file, id, own });
+        probe
+    }
+
     /// Follow new box directories; the `*.lock` files that were opened; and whether the places
     /// must be watched anew (one was removed, or a missing one is on its way).
     fn handle(&mut self, events: Vec<nix::sys::inotify::InotifyEvent>) -> (Vec<PathBuf>, bool) {
         let mut locks = Vec::new();
         let mut replace = false;
-        self.probed.retain(|_, p| p.own > 0 || p.at.elapsed() < ECHO);
         for event in events {
             // The kernel dropped events: what they said is unknown, so start over and scan /proc
             // for bare runs once.
@@ -267,10 +306,15 @@ impl Watch {
                 if boxes_below && may_be_a_box(&name) {
                     self.add(&path, false);
                 }
-            } else if name.to_string_lossy().ends_with(".lock") && !locks.contains(&path) {
-                match self.probed.get_mut(&path) {
-                    Some(probed) if probed.own > 0 => probed.own -= 1,
-                    Some(probed) if probed.at.elapsed() < ECHO => {}
+            } else if event.mask.contains(AddWatchFlags::IN_DELETE) {
+                // Let go of what was kept in or under it.
+                self.kept.retain(|kept, _| !kept.starts_with(&path));
+            } else if event.mask.contains(AddWatchFlags::IN_OPEN)
+                && name.to_string_lossy().ends_with(".lock")
+                && !locks.contains(&path)
+            {
+                match self.kept.get_mut(&path) {
+                    Some(kept) if kept.own > 0 => kept.own -= 1,
                     _ => locks.push(path),
                 }
             }
@@ -291,7 +335,7 @@ pub async fn watch<L: Locks>(core: Core<L>) {
         }
     };
     let mut watch =
-        Watch { fd, dirs: HashMap::new(), awaited: HashMap::new(), probed: HashMap::new(), rescan: false };
+        Watch { fd, dirs: HashMap::new(), awaited: HashMap::new(), kept: HashMap::new(), rescan: false };
     loop {
         watch.place(&core);
         loop {
@@ -318,14 +362,8 @@ pub async fn watch<L: Locks>(core: Core<L>) {
                     drop(guard);
                     let (locks, replace) = watch.handle(events);
                     for path in locks {
-                        if core.lock_opened(&path) {
-                            let probed = watch
-                                .probed
-                                .entry(path)
-                                .or_insert(Probed { own: 0, at: std::time::Instant::now() });
-                            probed.own += 1;
-                            probed.at = std::time::Instant::now();
-                        }
+                        let probe = watch.probe(&path);
+                        core.lock_probed(probe);
                     }
                     if replace {
                         break;
@@ -339,16 +377,14 @@ pub async fn watch<L: Locks>(core: Core<L>) {
 }
 
 impl<L: Locks> Core<L> {
-    /// A `*.lock` of mbsync was opened: find who holds it (or, if the lock is not taken yet, any
-    /// bare mbsync on our channels) and follow it. Whether the file was opened to ask.
-    #[must_use]
-    pub fn lock_opened(&self, path: &Path) -> bool {
-        let probe = lock_owner(path);
+    /// A `*.lock` of mbsync was opened and `probe` says who holds it now: follow the holder (or,
+    /// if the lock is not taken yet, any bare mbsync on our channels).
+    pub fn lock_probed(&self, probe: LockProbe) {
         // The service's own runs open their locks too.
         if let LockProbe::Held(pid) = probe
             && self.runs_mbsync(pid)
         {
-            return true;
+            return;
         }
         let found = self.search_all(|search| match probe {
             LockProbe::Held(pid) => foreign::confirm(search, pid).into_iter().collect(),
@@ -358,7 +394,6 @@ impl<L: Locks> Core<L> {
         for (info, channels) in found.unwrap_or_default() {
             self.process_found(&info, &channels);
         }
-        probe != LockProbe::NotOpened
     }
 
     /// Look for bare mbsync runs once (at start: they may predate the service).
@@ -418,35 +453,44 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_probes_own_open_and_its_echoes_are_not_new_runs() {
+    async fn the_probes_own_open_is_skipped_and_every_later_open_is_news() {
         let dir = tempfile::tempdir().unwrap();
         let lock = dir.path().join(".mbsyncstate.lock");
         std::fs::write(&lock, "").unwrap();
         let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).unwrap();
         let fd = crate::process::register(Ino(inotify)).unwrap();
-        let mut watch = Watch {
-            fd,
-            dirs: HashMap::new(),
-            awaited: HashMap::new(),
-            probed: HashMap::new(),
-            rescan: false,
-        };
+        let mut watch =
+            Watch { fd, dirs: HashMap::new(), awaited: HashMap::new(), kept: HashMap::new(), rescan: false };
         watch.add(dir.path(), false);
+        let events = |watch: &mut Watch| match watch.fd.get_ref().0.read_events() {
+            Ok(events) => watch.handle(events).0,
+            Err(nix::errno::Errno::EAGAIN) => Vec::new(),
+            Err(err) => panic!("{err}"),
+        };
         let opened = |watch: &mut Watch| {
             std::fs::File::open(&lock).unwrap();
-            let events = watch.fd.get_ref().0.read_events().unwrap();
-            watch.handle(events).0
+            events(watch)
         };
         // Someone opened it: a lock to look into.
         assert_eq!(opened(&mut watch), std::slice::from_ref(&lock));
-        // The service probed it: that open is its own, and one right after is an echo.
-        watch.probed.insert(lock.clone(), Probed { own: 1, at: std::time::Instant::now() });
-        assert!(opened(&mut watch).is_empty());
-        assert!(opened(&mut watch).is_empty());
-        // Later opens are news again.
-        std::thread::sleep(ECHO);
+        // The service asks: its one open is its own.
+        assert_eq!(watch.probe(&lock), LockProbe::Free);
+        assert!(events(&mut watch).is_empty());
+        // Asked again, it opens nothing: no echo for another watcher to answer.
+        assert_eq!(watch.probe(&lock), LockProbe::Free);
+        assert!(watch.fd.get_ref().0.read_events().is_err_and(|e| e == nix::errno::Errno::EAGAIN));
+        // An open right after the service's is news (a bare mbsync starting at once).
         assert_eq!(opened(&mut watch), std::slice::from_ref(&lock));
-        assert!(watch.probed.is_empty());
+        // A removed lock file is let go (it would pin its directories); one made anew is
+        // opened anew, once.
+        std::fs::remove_file(&lock).unwrap();
+        assert!(events(&mut watch).is_empty());
+        assert!(watch.kept.is_empty());
+        std::fs::write(&lock, "").unwrap();
+        let _ = events(&mut watch);
+        assert_eq!(watch.probe(&lock), LockProbe::Free);
+        assert!(events(&mut watch).is_empty());
+        assert_eq!(watch.kept.len(), 1);
     }
 
     #[test]
