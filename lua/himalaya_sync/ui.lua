@@ -6,8 +6,34 @@ local model = require('himalaya_sync.model')
 
 local M = {}
 
+--- `msg` cut to `width` display cells, ending in '…' when cut.
+function M.fit(msg, width)
+  if width < 2 or vim.fn.strdisplaywidth(msg) <= width then
+    return msg
+  end
+  local cut = vim.fn.strcharpart(msg, 0, width - 1)
+  while vim.fn.strdisplaywidth(cut) > width - 1 do
+    cut = vim.fn.strcharpart(cut, 0, vim.fn.strchars(cut) - 1)
+  end
+  return cut .. '…'
+end
+
+-- Whether vim.notify is Neovim's own, which echoes on the command line.
+local function builtin_notify()
+  local info = debug.getinfo(vim.notify, 'S')
+  return info ~= nil and info.source ~= nil and info.source:find('vim/_editor.lua', 1, true) ~= nil
+end
+
 local function notify(msg, level)
-  vim.notify('(himalaya-sync) ' .. msg, level or vim.log.levels.INFO, { title = 'himalaya-sync' })
+  level = level or vim.log.levels.INFO
+  msg = '(himalaya-sync) ' .. msg
+  -- Neovim's own vim.notify echoes on the command line, and a notice wider than it stops Neovim
+  -- at a hit-enter prompt (seen under tmux at 100 columns after a takeover's "Y"). A notice is
+  -- cut to fit; an error is shown whole, to be read. Notification plugins get it whole.
+  if level < vim.log.levels.ERROR and builtin_notify() then
+    msg = M.fit(msg, vim.v.echospace)
+  end
+  vim.notify(msg, level, { title = 'himalaya-sync' })
 end
 M.notify = notify
 

@@ -11,6 +11,36 @@ local function syncing(done, total, extra)
   }, extra or {})
 end
 
+T.case('a notice is cut to the command line only when Neovim echoes it there', function()
+  local ui = require('himalaya_sync.ui')
+  T.eq(ui.fit('alice: sync started', 40), 'alice: sync started')
+  T.eq(ui.fit('alice: stopped mbsync PID 4 (a bare mbsync, ran 1 s); now syncing alice', 20), 'alice: stopped mbsy…')
+  T.eq(vim.fn.strdisplaywidth(ui.fit('bôx: ' .. ('é'):rep(50), 12)), 12, 'cut by display cells')
+  local long = 'alice: ' .. ('x'):rep(300)
+  -- Neovim's own vim.notify: cut to v:echospace, so no hit-enter prompt; errors stay whole.
+  local shown = {}
+  local echo = vim.api.nvim_echo
+  vim.api.nvim_echo = function(chunks, ...)
+    shown[#shown + 1] = chunks[1][1]
+    return echo(chunks, ...)
+  end
+  ui.notify(long)
+  ui.notify(long, vim.log.levels.ERROR)
+  vim.api.nvim_echo = echo
+  T.eq(#shown, 2, 'both echoed')
+  T.eq(vim.fn.strdisplaywidth(shown[1]), vim.v.echospace, 'a notice fits the command line')
+  T.eq(shown[2], '(himalaya-sync) ' .. long, 'an error is whole')
+  -- A notification plugin gets every notice whole.
+  local got
+  local builtin = vim.notify
+  vim.notify = function(msg)
+    got = msg
+  end
+  ui.notify(long)
+  vim.notify = builtin
+  T.eq(got, '(himalaya-sync) ' .. long)
+end)
+
 T.case('status texts as the plan shows them', function()
   T.eq(model.status_text('alice', syncing(15, 98), true), 'Syncing alice: 15/98 emails')
   T.eq(model.status_text('alice', syncing(15, 98, { state = 'external', owner = 'client' }), true),
