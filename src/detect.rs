@@ -141,25 +141,27 @@ fn may_be_a_box(name: &std::ffi::OsStr) -> bool {
     !name.starts_with('.') && !matches!(name.as_ref(), "cur" | "new" | "tmp")
 }
 
-/// A lock file the service keeps open to ask about it again. Its first open is an `IN_OPEN` of
-/// the service's own, skipped once (`own`); every later question is `F_GETLK` on the kept file
-/// and opens nothing. So no other watcher (a second daemon of this user, on another session bus)
-/// sees an echo to ask about in turn, and every open the watch sees after the first is news: a
-/// bare mbsync that starts right after one of the service's own runs opened the same lock is seen
-/// at once. (An earlier version took opens within 50 ms of its own for echoes and missed such a
-/// run until it opened its next box; the takeover bench found it.) A kept file is let go when it
-/// is removed (`IN_DELETE`): an open file pins its directories, and a removed directory that is
-/// still pinned never tells its watch it is gone.
+/// A lock file the service asked about. While an mbsync holds its lock the file is kept open, and
+/// every later question is `F_GETLK` on it, which opens nothing; each open of the service's own
+/// is an `IN_OPEN` it skips once (`own`). So every open the watch does not skip is news: a bare
+/// mbsync that starts right after one of the service's own runs opened the same lock is seen at
+/// once (an earlier version took opens within 50 ms of its own for echoes of a second daemon and
+/// missed such a run until it opened its next box; the takeover bench found it), and a second
+/// daemon of this user watching the same boxes answers each of the other's opens at most once,
+/// with no loop. The file is let go when nobody holds the lock any more (an mbsync ended) and
+/// when it is removed (`IN_DELETE`; mbsync removes it at a clean end): an open file pins its
+/// directories, whose removal a pinned directory then never reports, and a mount.
 struct Kept {
-    file: std::fs::File,
+    /// Open while the lock is held.
+    file: Option<std::fs::File>,
     /// Device and inode: a lock file removed and made anew is opened anew.
     id: (u64, u64),
     /// Own opens whose events are still to come.
     own: u32,
 }
 
-/// At most this many lock files are kept open (one per box; a systemd user unit gets 1,024
-/// descriptors). Beyond it one is closed for each new one: its next question opens it again.
+/// At most this many lock files are remembered (one per box; a systemd user unit gets 1,024
+/// descriptors). Beyond it one is forgotten for each new one: its next question opens it again.
 const KEPT_MAX: usize = 256;
 
 /// The running watch.
@@ -255,23 +257,54 @@ impl Watch {
     fn probe(&mut self, path: &Path) -> LockProbe {
         use std::os::unix::fs::MetadataExt;
         let now = std::fs::symlink_metadata(path).ok().map(|m| (m.dev(), m.ino()));
-        if let Some(kept) = self.kept.get(path)
-            && now == Some(kept.id)
+        if let Some(Kept { file: Some(file), id, .. }) = self.kept.get(path)
+            && now == Some(*id)
         {
-            return lock_holder(&kept.file);
+            let probe = lock_holder(file);
+            if !matches!(probe, LockProbe::Held(_)) {
+                self.let_go(path);
+            }
+            return probe;
         }
         let Some(file) = open_lock(path) else { return LockProbe::NotOpened };
         let probe = lock_holder(&file);
         let Ok(id) = file.metadata().map(|m| (m.dev(), m.ino())) else { return probe };
-        if self.kept.len() >= KEPT_MAX
-            && !self.kept.contains_key(path)
-            && let Some(other) = self.kept.keys().next().cloned()
-        {
-            self.kept.remove(&other);
+        if self.kept.len() >= KEPT_MAX && !self.kept.contains_key(path) {
+            // One whose own open was seen already, so forgetting it makes no open look new.
+            let other = self.kept.iter().find(|(_, k)| k.own == 0).or_else(|| self.kept.iter().next());
+            if let Some(other) = other.map(|(p, _)| p.clone()) {
+                self.kept.remove(&other);
+            }
         }
         let own = self.kept.get(path).map_or(0, |k| k.own) + 1;
+        let file = matches!(probe, LockProbe::Held(_)).then_some(file);
         self.kept.insert(path.to_owned(), Kept { file, id, own });
         probe
+    }
+
+    /// Close the kept file of `path` (its lock is free); remember the service's own opens still
+    /// to come.
+    fn let_go(&mut self, path: &Path) {
+        if let Some(kept) = self.kept.get_mut(path) {
+            kept.file = None;
+            if kept.own == 0 {
+                self.kept.remove(path);
+            }
+        }
+    }
+
+    /// An mbsync ended: close the kept files whose lock nobody holds any more (one killed before
+    /// its clean end leaves its lock file behind).
+    fn let_go_of_free(&mut self) {
+        let free: Vec<PathBuf> = self
+            .kept
+            .iter()
+            .filter(|(_, k)| k.file.as_ref().is_none_or(|f| !matches!(lock_holder(f), LockProbe::Held(_))))
+            .map(|(p, _)| p.clone())
+            .collect();
+        for path in free {
+            self.let_go(&path);
+        }
     }
 
     /// Follow new box directories; the `*.lock` files that were opened; and whether the places
@@ -314,7 +347,12 @@ impl Watch {
                 && !locks.contains(&path)
             {
                 match self.kept.get_mut(&path) {
-                    Some(kept) if kept.own > 0 => kept.own -= 1,
+                    Some(kept) if kept.own > 0 => {
+                        kept.own -= 1;
+                        if kept.own == 0 && kept.file.is_none() {
+                            self.kept.remove(&path);
+                        }
+                    }
                     _ => locks.push(path),
                 }
             }
@@ -371,6 +409,7 @@ pub async fn watch<L: Locks>(core: Core<L>) {
                 }
                 // An edit may add channels, stores or SyncState places.
                 () = core.config_changed() => break,
+                () = core.mbsync_ended() => watch.let_go_of_free(),
             }
         }
     }
@@ -452,6 +491,45 @@ mod tests {
         assert_eq!(lock_owner(&link), LockProbe::NotOpened);
     }
 
+    /// A child process holding a POSIX write lock on `path`, as mbsync does, until killed.
+    #[allow(unsafe_code)]
+    fn hold_lock(path: &Path) -> nix::unistd::Pid {
+        use std::os::fd::AsRawFd;
+        let file = std::fs::OpenOptions::new().read(true).write(true).open(path).unwrap();
+        let (ready_r, ready_w) = nix::unistd::pipe().unwrap();
+        // SAFETY: the child makes only async-signal-safe calls (fcntl, write, pause) until the
+        // test kills it; it allocates nothing and takes no locks.
+        match unsafe { nix::unistd::fork() }.unwrap() {
+            nix::unistd::ForkResult::Child => {
+                let lock = nix::libc::flock {
+                    l_type: nix::libc::F_WRLCK as i16,
+                    l_whence: nix::libc::SEEK_SET as i16,
+                    l_start: 0,
+                    l_len: 0,
+                    l_pid: 0,
+                };
+                unsafe {
+                    nix::libc::fcntl(file.as_raw_fd(), nix::libc::F_SETLK, &raw const lock);
+                    nix::libc::write(ready_w.as_raw_fd(), b"x".as_ptr().cast(), 1);
+                    loop {
+                        nix::libc::pause();
+                    }
+                }
+            }
+            nix::unistd::ForkResult::Parent { child } => {
+                drop(ready_w);
+                let mut byte = [0u8; 1];
+                nix::unistd::read(&ready_r, &mut byte).unwrap();
+                child
+            }
+        }
+    }
+
+    fn end(child: nix::unistd::Pid) {
+        nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL).unwrap();
+        nix::sys::wait::waitpid(child, None).unwrap();
+    }
+
     #[tokio::test]
     async fn the_probes_own_open_is_skipped_and_every_later_open_is_news() {
         let dir = tempfile::tempdir().unwrap();
@@ -467,30 +545,41 @@ mod tests {
             Err(nix::errno::Errno::EAGAIN) => Vec::new(),
             Err(err) => panic!("{err}"),
         };
-        let opened = |watch: &mut Watch| {
-            std::fs::File::open(&lock).unwrap();
-            events(watch)
-        };
-        // Someone opened it: a lock to look into.
-        assert_eq!(opened(&mut watch), std::slice::from_ref(&lock));
-        // The service asks: its one open is its own.
+        let lock_only = std::slice::from_ref(&lock);
+        // Someone opened it: a lock to look into. Nobody holds it: nothing is kept, and the
+        // probe's own open is skipped.
+        std::fs::File::open(&lock).unwrap();
+        assert_eq!(events(&mut watch), lock_only);
         assert_eq!(watch.probe(&lock), LockProbe::Free);
         assert!(events(&mut watch).is_empty());
-        // Asked again, it opens nothing: no echo for another watcher to answer.
-        assert_eq!(watch.probe(&lock), LockProbe::Free);
+        assert!(watch.kept.is_empty());
+        // An mbsync takes the lock: the probe's own open is skipped, the file kept.
+        let holder = hold_lock(&lock);
+        assert_eq!(events(&mut watch), lock_only);
+        let held = LockProbe::Held(u32::try_from(holder.as_raw()).unwrap());
+        assert_eq!(watch.probe(&lock), held);
+        assert!(events(&mut watch).is_empty());
+        // Asked again, it opens nothing: no open for another watcher to answer.
+        assert_eq!(watch.probe(&lock), held);
         assert!(watch.fd.get_ref().0.read_events().is_err_and(|e| e == nix::errno::Errno::EAGAIN));
         // An open right after the service's is news (a bare mbsync starting at once).
-        assert_eq!(opened(&mut watch), std::slice::from_ref(&lock));
-        // A removed lock file is let go (it would pin its directories); one made anew is
-        // opened anew, once.
+        std::fs::File::open(&lock).unwrap();
+        assert_eq!(events(&mut watch), lock_only);
+        // Removed (mbsync's clean end), the kept file is let go: it would pin its directories.
         std::fs::remove_file(&lock).unwrap();
         assert!(events(&mut watch).is_empty());
         assert!(watch.kept.is_empty());
+        end(holder);
+        // An mbsync killed before its clean end leaves the file: let go once an mbsync ended.
         std::fs::write(&lock, "").unwrap();
+        let holder = hold_lock(&lock);
         let _ = events(&mut watch);
-        assert_eq!(watch.probe(&lock), LockProbe::Free);
+        assert!(matches!(watch.probe(&lock), LockProbe::Held(_)));
         assert!(events(&mut watch).is_empty());
         assert_eq!(watch.kept.len(), 1);
+        end(holder);
+        watch.let_go_of_free();
+        assert!(watch.kept.is_empty());
     }
 
     #[test]

@@ -197,6 +197,7 @@ impl<L: Locks> Core<L> {
         let removed = self.inner().externals.remove(&ExternalKey::Process(pid));
         if let Some(external) = removed {
             tracing::info!(pid, "a bare mbsync ended");
+            self.shared.mbsync_ended.notify_one();
             self.publish_covering(&external.channels);
         }
     }

@@ -142,6 +142,9 @@ struct Shared<L> {
     inner: Mutex<Inner>,
     /// Woken when a re-read changed the mbsync config (the detector re-places its watches).
     config_changed: tokio::sync::Notify,
+    /// Woken when an mbsync the service ran or followed has ended (the detector lets go of the
+    /// lock files nobody holds any more).
+    mbsync_ended: tokio::sync::Notify,
 }
 
 struct Inner {
@@ -213,6 +216,7 @@ impl<L: Locks> Core<L> {
                 events,
                 inner: Mutex::new(inner),
                 config_changed: tokio::sync::Notify::new(),
+                mbsync_ended: tokio::sync::Notify::new(),
             }),
         }
     }
@@ -241,6 +245,11 @@ impl<L: Locks> Core<L> {
     /// a change between two waits count).
     pub async fn config_changed(&self) {
         self.shared.config_changed.notified().await;
+    }
+
+    /// Resolves when an mbsync the service ran or followed has ended since the last wait.
+    pub async fn mbsync_ended(&self) {
+        self.shared.mbsync_ended.notified().await;
     }
 
     fn emit(&self, event: CoreEvent) {
@@ -645,6 +654,7 @@ impl<L: Locks> Core<L> {
         let ended = run::drive(&mut mbsync, &sink, &mut stop, limits).await;
         let outcome = ended.outcome();
         tracing::info!(account, ?outcome, "sync ended");
+        self.shared.mbsync_ended.notify_one();
         // Reaped: now the locks may go, and only then does the world hear of the end.
         self.shared.locks.release(&scope.channels).await;
         let (record, state) = {
