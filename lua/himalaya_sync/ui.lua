@@ -11,8 +11,10 @@ function M.fit(msg, width)
   if width < 2 or vim.fn.strdisplaywidth(msg) <= width then
     return msg
   end
-  local cut = vim.fn.strcharpart(msg, 0, width - 1)
-  while vim.fn.strdisplaywidth(cut) > width - 1 do
+  -- '…' takes two cells with 'ambiwidth' double.
+  local room = width - vim.fn.strdisplaywidth('…')
+  local cut = vim.fn.strcharpart(msg, 0, room)
+  while vim.fn.strdisplaywidth(cut) > room do
     cut = vim.fn.strcharpart(cut, 0, vim.fn.strchars(cut) - 1)
   end
   return cut .. '…'
@@ -20,6 +22,10 @@ end
 
 -- Whether vim.notify is Neovim's own, which echoes on the command line.
 local function builtin_notify()
+  -- nvim-notify's `vim.notify = require('notify')` is a callable table.
+  if type(vim.notify) ~= 'function' then
+    return false
+  end
   local info = debug.getinfo(vim.notify, 'S')
   return info ~= nil and info.source ~= nil and info.source:find('vim/_editor.lua', 1, true) ~= nil
 end

@@ -19,14 +19,19 @@ T.case('a notice is cut to the command line only when Neovim echoes it there', f
   local long = 'alice: ' .. ('x'):rep(300)
   -- Neovim's own vim.notify: cut to v:echospace, so no hit-enter prompt; errors stay whole.
   local shown = {}
-  local echo = vim.api.nvim_echo
+  local echo, err = vim.api.nvim_echo, vim.api.nvim_err_writeln
   vim.api.nvim_echo = function(chunks, ...)
     shown[#shown + 1] = chunks[1][1]
     return echo(chunks, ...)
   end
+  -- Neovim 0.10's vim.notify writes errors with nvim_err_writeln.
+  vim.api.nvim_err_writeln = function(msg)
+    shown[#shown + 1] = msg
+    return err(msg)
+  end
   ui.notify(long)
   ui.notify(long, vim.log.levels.ERROR)
-  vim.api.nvim_echo = echo
+  vim.api.nvim_echo, vim.api.nvim_err_writeln = echo, err
   T.eq(#shown, 2, 'both echoed')
   T.eq(vim.fn.strdisplaywidth(shown[1]), vim.v.echospace, 'a notice fits the command line')
   T.eq(shown[2], '(himalaya-sync) ' .. long, 'an error is whole')
@@ -36,6 +41,11 @@ T.case('a notice is cut to the command line only when Neovim echoes it there', f
   vim.notify = function(msg)
     got = msg
   end
+  ui.notify(long)
+  T.eq(got, '(himalaya-sync) ' .. long)
+  -- nvim-notify's is a callable table.
+  got = nil
+  vim.notify = setmetatable({}, { __call = function(_, msg) got = msg end })
   ui.notify(long)
   vim.notify = builtin
   T.eq(got, '(himalaya-sync) ' .. long)
