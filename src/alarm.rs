@@ -85,7 +85,11 @@ impl Alarm {
     /// stays set.
     pub async fn wait(&mut self) {
         let Some(deadline) = self.armed else { return std::future::pending().await };
-        let Some(fd) = &self.fd else { return tokio::time::sleep_until(deadline).await };
+        let Some(fd) = &self.fd else {
+            tokio::time::sleep_until(deadline).await;
+            self.armed = None;
+            return;
+        };
         loop {
             let Ok(mut guard) = fd.readable().await else {
                 // The reactor is gone (the runtime shuts down): nothing will run after this.

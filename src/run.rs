@@ -130,7 +130,8 @@ pub async fn drive(
             }
             () = publish_alarm.wait(), if publish_at.is_some() => {
                 publish_at = None;
-                // The publish carries what mbsync wrote up to now, not only up to the last read.
+                // The publish carries what the pty holds now (up to a short read), not only what the
+                // last paced read found.
                 if let Some(bytes) = mbsync.take_held() {
                     moved_at = Instant::now();
                     parser.feed_latest(&bytes, &mut events);
