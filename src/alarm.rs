@@ -112,60 +112,51 @@ impl Alarm {
 mod tests {
     use super::*;
 
-    fn runtime() -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+    /// Wait for `alarm`; it must not have gone off before `ms` after `start`.
+    async fn went_off_after(alarm: &mut Alarm, start: Instant, ms: u64) {
+        alarm.wait().await;
+        assert!(start.elapsed() >= Duration::from_millis(ms), "{:?}", start.elapsed());
     }
 
-    #[test]
-    fn goes_off_at_its_deadline_not_before() {
-        runtime().block_on(async {
-            let mut alarm = Alarm::new();
-            assert!(alarm.fd.is_some(), "a timerfd on Linux");
-            let start = Instant::now();
-            alarm.set(Some(start + Duration::from_millis(30)));
-            alarm.wait().await;
-            assert!(start.elapsed() >= Duration::from_millis(30), "{:?}", start.elapsed());
-            assert!(start.elapsed() < Duration::from_secs(1), "{:?}", start.elapsed());
-        });
+    #[tokio::test]
+    async fn goes_off_at_its_deadline_not_before() {
+        let mut alarm = Alarm::new();
+        assert!(alarm.fd.is_some(), "a timerfd on Linux");
+        let start = Instant::now();
+        alarm.set(Some(start + Duration::from_millis(30)));
+        went_off_after(&mut alarm, start, 30).await;
+        assert!(start.elapsed() < Duration::from_secs(1), "{:?}", start.elapsed());
     }
 
-    #[test]
-    fn a_moved_deadline_replaces_the_old_one() {
-        runtime().block_on(async {
-            let mut alarm = Alarm::new();
-            let start = Instant::now();
-            alarm.set(Some(start + Duration::from_millis(5)));
-            alarm.set(Some(start + Duration::from_millis(60)));
-            alarm.wait().await;
-            assert!(start.elapsed() >= Duration::from_millis(60), "{:?}", start.elapsed());
-        });
+    #[tokio::test]
+    async fn a_moved_deadline_replaces_the_old_one() {
+        let mut alarm = Alarm::new();
+        let start = Instant::now();
+        alarm.set(Some(start + Duration::from_millis(5)));
+        alarm.set(Some(start + Duration::from_millis(60)));
+        went_off_after(&mut alarm, start, 60).await;
     }
 
-    #[test]
-    fn a_stale_expiry_does_not_end_the_next_wait() {
-        runtime().block_on(async {
-            let mut alarm = Alarm::new();
-            // Set, left to expire unwaited (a select took another branch), then moved on.
-            alarm.set(Some(Instant::now() + Duration::from_millis(1)));
-            std::thread::sleep(Duration::from_millis(5));
-            tokio::task::yield_now().await;
-            let start = Instant::now();
-            alarm.set(Some(start + Duration::from_millis(40)));
-            alarm.wait().await;
-            assert!(start.elapsed() >= Duration::from_millis(40), "{:?}", start.elapsed());
-        });
+    #[tokio::test]
+    async fn a_stale_expiry_does_not_end_the_next_wait() {
+        let mut alarm = Alarm::new();
+        // Set, left to expire unwaited (a select took another branch), then moved on.
+        alarm.set(Some(Instant::now() + Duration::from_millis(1)));
+        std::thread::sleep(Duration::from_millis(5));
+        tokio::task::yield_now().await;
+        let start = Instant::now();
+        alarm.set(Some(start + Duration::from_millis(40)));
+        went_off_after(&mut alarm, start, 40).await;
     }
 
-    #[test]
-    fn a_passed_deadline_fires_at_once_and_none_never() {
-        runtime().block_on(async {
-            let mut alarm = Alarm::new();
-            alarm.set(Some(Instant::now().checked_sub(Duration::from_millis(5)).unwrap()));
-            tokio::time::timeout(Duration::from_millis(500), alarm.wait()).await.expect("fires at once");
-            alarm.set(Some(Instant::now() + Duration::from_millis(5)));
-            alarm.set(None);
-            let waited = tokio::time::timeout(Duration::from_millis(50), alarm.wait()).await;
-            assert!(waited.is_err(), "an unset alarm never goes off");
-        });
+    #[tokio::test]
+    async fn a_passed_deadline_fires_at_once_and_none_never() {
+        let mut alarm = Alarm::new();
+        alarm.set(Some(Instant::now().checked_sub(Duration::from_millis(5)).unwrap()));
+        tokio::time::timeout(Duration::from_millis(500), alarm.wait()).await.expect("fires at once");
+        alarm.set(Some(Instant::now() + Duration::from_millis(5)));
+        alarm.set(None);
+        let waited = tokio::time::timeout(Duration::from_millis(50), alarm.wait()).await;
+        assert!(waited.is_err(), "an unset alarm never goes off");
     }
 }

@@ -118,12 +118,6 @@ fn lock_holder(file: &std::fs::File) -> LockProbe {
     }
 }
 
-/// Who holds mbsync's lock on `path`, opening it to ask.
-#[must_use]
-pub fn lock_owner(path: &Path) -> LockProbe {
-    open_lock(path).map_or(LockProbe::NotOpened, |file| lock_holder(&file))
-}
-
 /// An `Inotify` for tokio's `AsyncFd`, which wants `AsRawFd`.
 struct Ino(Inotify);
 
@@ -256,9 +250,8 @@ impl Watch {
     /// `path`, else of the file opened (and kept) now.
     fn probe(&mut self, path: &Path) -> LockProbe {
         use std::os::unix::fs::MetadataExt;
-        let now = std::fs::symlink_metadata(path).ok().map(|m| (m.dev(), m.ino()));
         if let Some(Kept { file: Some(file), id, .. }) = self.kept.get(path)
-            && now == Some(*id)
+            && std::fs::symlink_metadata(path).is_ok_and(|m| (m.dev(), m.ino()) == *id)
         {
             let probe = lock_holder(file);
             if !matches!(probe, LockProbe::Held(_)) {
@@ -287,9 +280,14 @@ impl Watch {
     fn let_go(&mut self, path: &Path) {
         if let Some(kept) = self.kept.get_mut(path) {
             kept.file = None;
-            if kept.own == 0 {
-                self.kept.remove(path);
-            }
+        }
+        self.forget_if_done(path);
+    }
+
+    /// Forget `path` once there is nothing to remember of it: no file kept, no own open to come.
+    fn forget_if_done(&mut self, path: &Path) {
+        if self.kept.get(path).is_some_and(|k| k.own == 0 && k.file.is_none()) {
+            self.kept.remove(path);
         }
     }
 
@@ -346,9 +344,7 @@ impl Watch {
                 match self.kept.get_mut(&path) {
                     Some(kept) if kept.own > 0 => {
                         kept.own -= 1;
-                        if kept.own == 0 && kept.file.is_none() {
-                            self.kept.remove(&path);
-                        }
+                        self.forget_if_done(&path);
                     }
                     _ => locks.push(path),
                 }
@@ -475,17 +471,17 @@ mod tests {
     fn a_lock_file_is_asked_only_if_it_is_a_regular_file() {
         let dir = tempfile::tempdir().unwrap();
         let lock = dir.path().join(".mbsyncstate.lock");
-        assert_eq!(lock_owner(&lock), LockProbe::NotOpened);
+        assert!(open_lock(&lock).is_none());
         std::fs::write(&lock, "").unwrap();
         // Unlocked (this process's own locks never conflict with its question either).
-        assert_eq!(lock_owner(&lock), LockProbe::Free);
+        assert_eq!(lock_holder(&open_lock(&lock).unwrap()), LockProbe::Free);
         // Never a FIFO (an open would wait for a writer), nor through a symlink.
         let fifo = dir.path().join("fifo.lock");
         nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRUSR | nix::sys::stat::Mode::S_IWUSR).unwrap();
-        assert_eq!(lock_owner(&fifo), LockProbe::NotOpened);
+        assert!(open_lock(&fifo).is_none());
         let link = dir.path().join("link.lock");
         std::os::unix::fs::symlink(&lock, &link).unwrap();
-        assert_eq!(lock_owner(&link), LockProbe::NotOpened);
+        assert!(open_lock(&link).is_none());
     }
 
     /// A child process holding a POSIX write lock on `path`, as mbsync does, until killed.

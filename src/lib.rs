@@ -2,9 +2,10 @@
 //! publishes their live progress on the session bus.
 //!
 //! Layout: pure logic ([`parser`], [`progress`], [`throttle`], [`pace`], [`names`], [`mbsyncrc`],
-//! [`bar`], [`mbsync_args`], [`config`]) has no I/O; [`mbsync_check`] asks the installed mbsync about its
-//! config; [`runner`] drives one mbsync process; [`core`] owns accounts and runs and knows
-//! nothing of D-Bus; [`bus`] is the thin D-Bus layer; [`cli`] holds the client subcommands.
+//! [`bar`], [`mbsync_args`], [`config`]) has no I/O; [`mbsync_check`] asks the installed mbsync
+//! about its config; [`runner`] drives one mbsync process (its timers on [`alarm`]); [`core`]
+//! owns accounts and runs and knows nothing of D-Bus; [`bus`] is the thin D-Bus layer; [`cli`]
+//! holds the client subcommands.
 
 pub mod alarm;
 pub mod alerts;

@@ -19,8 +19,8 @@ pub(crate) fn v<'a>(value: impl Into<Variant<'a>>) -> OwnedVariant {
 }
 
 /// A record on its way out: static keys, values borrowed from the record. Built at every
-/// publish (for the signal and for the account object's property), so only the map allocates;
-/// owned keys and values (`to_dict`) were a third of a publish's cost.
+/// publish (for the signal and for the account object's property), so only the map allocates
+/// (`to_dict` formats a key per counter and copies every string).
 pub type Wire<'a> = BTreeMap<&'static str, Variant<'a>>;
 
 fn count(n: u64) -> Variant<'static> {
