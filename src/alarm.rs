@@ -99,7 +99,12 @@ impl Alarm {
             match guard
                 .try_io(|fd| nix::unistd::read(&fd.get_ref().0, &mut ticks).map_err(std::io::Error::from))
             {
-                Ok(_) => break,
+                // A one-shot timer is quiet until set again: without this the next wait would
+                // first read it once more, in vain.
+                Ok(_) => {
+                    guard.clear_ready();
+                    break;
+                }
                 // Readiness left over from an earlier deadline (moving the timer resets it).
                 Err(_would_block) => {}
             }
