@@ -3,7 +3,7 @@
 //! Held output must still be read, or mbsync blocks on a full pty (it takes ~18 KB, measured on
 //! Linux 6.18). But a pty watched by the runtime's reactor wakes the daemon at every write, and
 //! isync 1.4 writes two records per message. So while holding, the pty is read on a timer paced
-//! to mbsync's measured rate (at least every 30 ms), read again at once while it comes back
+//! to mbsync's measured rate (at least every 50 ms), read again at once while it comes back
 //! nearly full (isync 1.4 queueing a box prints megabytes per second for a moment), and watched
 //! only while mbsync is quiet or has just printed a line (a `-V` step: opening, loading,
 //! synchronizing a box, after which isync 1.4 queues the box's messages), so the first write of
@@ -18,9 +18,12 @@ const HOLD_FILL: f64 = 8.0 * 1024.0;
 pub const NEARLY_FULL: usize = 12 * 1024;
 /// The shortest gap between two timed reads (the runtime's timers tick in milliseconds).
 const MIN_GAP: Duration = Duration::from_millis(1);
-/// The longest gap between two timed reads: a burst that starts in it (isync 1.4 queueing the
-/// next box) waits at most this long on the full pty.
-const MAX_GAP: Duration = Duration::from_millis(30);
+/// The longest gap between two timed reads: a burst that starts in it waits at most this long on
+/// the full pty. isync 1.4 queues a box right after a step line, which is watched for instead
+/// (see [`Plan::Watch`]), so this bounds only bursts that no line announces. Two reads per
+/// 100 ms hold, not four at 30 ms: each costs a wakeup and a `timerfd_settime`, which alone took a
+/// tenth of the daemon's samples in a profile on a VM.
+const MAX_GAP: Duration = Duration::from_millis(50);
 /// After the first write of a burst woke the daemon, the gap over which its rate is measured.
 const FIRST_GAP: Duration = Duration::from_millis(2);
 
@@ -85,7 +88,13 @@ impl Pace {
         if let Some(since) = self.since {
             let secs = now.saturating_duration_since(since).as_secs_f64();
             // A read right after another says nothing of the rate, nor that mbsync is quiet.
+            // After a nearly full read it does say the pty is drained: the next read waits a
+            // gap at the measured rate (seen in a syscall trace: empty reads at once, each
+            // with a new timer, for up to a millisecond at every burst).
             if secs < 0.001 && bytes == 0 {
+                if self.last == Last::Full {
+                    self.last = Last::Output;
+                }
                 return;
             }
             // A wakeup ends a wait, not a measured gap.
@@ -178,6 +187,20 @@ mod tests {
         pace.read(ms(t0, 7), 8000, false, false);
         let Plan::ReadAt(at) = pace.plan(ms(t0, 7), ms(t0, 100)) else { panic!("not timed") };
         assert!(at - ms(t0, 7) <= Duration::from_millis(3), "{:?}", at - t0);
+    }
+
+    #[test]
+    fn a_drained_pty_is_not_read_again_at_once() {
+        let t0 = Instant::now();
+        let mut pace = woken_at(t0);
+        pace.read(ms(t0, 2), 8000, false, false);
+        pace.read(ms(t0, 3), NEARLY_FULL + 100, false, false);
+        assert_eq!(pace.plan(ms(t0, 3), ms(t0, 100)), Plan::ReadAt(ms(t0, 3)));
+        // Empty right after: the next read is a gap away, not at once again.
+        let now = ms(t0, 3) + Duration::from_micros(30);
+        pace.read(now, 0, false, false);
+        let Plan::ReadAt(at) = pace.plan(now, ms(t0, 100)) else { panic!("not timed") };
+        assert!(at >= ms(t0, 3) + MIN_GAP, "{:?}", at - t0);
     }
 
     #[test]
