@@ -2,9 +2,10 @@
 //! `org.himalaya.Sync.Account`: its properties emit `PropertiesChanged`, so `GDBusProxy` and Plasma
 //! bindings follow an account with no code.
 
-use zbus::interface;
+use serde::ser::{Serialize, SerializeMap, Serializer};
+use zbus::{Type, as_variant, interface, wire::Signature};
 
-use super::record::{Dict, to_dict};
+use super::record::{Dict, Wire, to_dict};
 use crate::progress::Record;
 
 /// The account objects' interface.
@@ -47,4 +48,47 @@ impl Account {
     fn progress(&self) -> Dict {
         to_dict(&self.record)
     }
+}
+
+/// The `changed` dictionary (`a{sv}`) of the `PropertiesChanged` that goes with a publish: always
+/// `Progress`, and those of `State`, `Owner` and `Pid` that differ from the last record, with
+/// the values their getters return. Serialised straight from the borrowed record: building
+/// `Variant`s of it would copy the whole progress dictionary at every publish.
+pub(crate) struct Changed<'a> {
+    progress: &'a Wire<'a>,
+    state: Option<&'a str>,
+    owner: Option<&'a str>,
+    pid: Option<u32>,
+}
+
+impl<'a> Changed<'a> {
+    pub(crate) fn new(old: &Record, new: &'a Record, progress: &'a Wire<'a>) -> Self {
+        Self {
+            progress,
+            state: (old.state != new.state).then(|| new.state.as_str()),
+            owner: (old.owner != new.owner).then(|| new.owner.map_or("", |o| o.as_str())),
+            pid: (old.pid != new.pid).then(|| new.pid.unwrap_or(0)),
+        }
+    }
+}
+
+impl Serialize for Changed<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("Progress", &as_variant::Serialize(self.progress))?;
+        if let Some(state) = self.state {
+            map.serialize_entry("State", &as_variant::Serialize(&state))?;
+        }
+        if let Some(owner) = self.owner {
+            map.serialize_entry("Owner", &as_variant::Serialize(&owner))?;
+        }
+        if let Some(pid) = self.pid {
+            map.serialize_entry("Pid", &as_variant::Serialize(&pid))?;
+        }
+        map.end()
+    }
+}
+
+impl Type for Changed<'_> {
+    const SIGNATURE: &'static Signature = <std::collections::HashMap<&str, zbus::Variant<'_>>>::SIGNATURE;
 }

@@ -4,17 +4,15 @@
 //! (SIGTERM to mbsync's group, SIGKILL after the grace period), reaped, its locks released, then
 //! the process exits 0.
 
-use std::collections::{BTreeMap, HashMap};
+use std::{collections::BTreeMap, sync::Arc};
 
 use futures_util::StreamExt;
 use tokio::{signal::unix, sync::mpsc};
-use zbus::{
-    Connection, Variant, connection, fdo::DBusProxy, names::InterfaceName, object_server::InterfaceRef,
-};
+use zbus::{Connection, connection, fdo::DBusProxy, object_server::InterfaceRef};
 
 use super::{
     BUS_NAME, PATH,
-    account::{ACCOUNT_INTERFACE, Account},
+    account::{ACCOUNT_INTERFACE, Account, Changed},
     jobview,
     lock::BusLocks,
     notify, record,
@@ -23,6 +21,7 @@ use super::{
 use crate::{
     core::{Core, CoreEvent, Settings},
     names,
+    progress::Record,
 };
 
 /// Errors that keep the daemon from starting.
@@ -178,9 +177,6 @@ async fn publish(
     while let Some(event) = events.recv().await {
         let result = match event {
             CoreEvent::Progress { account, record } => {
-                // `ProgressChanged`, from a borrowed record (see `record::wire`).
-                let body = (account.as_str(), record::wire(&record));
-                let sent = service.signal_emitter().emit(SERVICE_INTERFACE, "ProgressChanged", &body).await;
                 if notifier.is_some() {
                     tell(notify::Input::Record { account: account.clone(), record: record.clone() });
                 }
@@ -190,8 +186,7 @@ async fn publish(
                 {
                     tracing::debug!("the job view task is gone");
                 }
-                update_account_object(&conn, &objects, &account, record).await;
-                sent
+                publish_progress(&conn, &objects, &account, record).await
             }
             CoreEvent::Finished { account, ok, message } => {
                 service.sync_finished(&account, ok, &message).await
@@ -224,32 +219,42 @@ async fn publish(
 /// Give the account object its new record and tell its watchers in one `PropertiesChanged`
 /// carrying every property that changed: a `GDBusProxy` (a GNOME Shell extension) then never sees
 /// a new State beside an old Owner or Progress.
-async fn update_account_object(
+/// Publish a record: `ProgressChanged`, and the account object's `PropertiesChanged`, in one
+/// write. Two writes cost two wakeups of the bus daemon and, as it reads each, two of this
+/// daemon's runtime (the socket turns writable again); a publish is the most frequent thing the
+/// daemon does while a sync runs.
+async fn publish_progress(
     conn: &Connection,
     objects: &BTreeMap<String, String>,
     account: &str,
-    record: std::sync::Arc<crate::progress::Record>,
-) {
-    let Some(path) = objects.get(account) else { return };
-    let Ok(iface) = conn.object_server().interface::<_, Account>(path.as_str()).await else { return };
-    let mut obj = iface.get_mut().await;
-    let old = std::mem::replace(&mut obj.record, record);
-    let new = &obj.record;
-    let mut changed: HashMap<&str, Variant<'_>> = HashMap::new();
-    changed.insert("Progress", Variant::from(record::wire(new)));
-    if old.state != new.state {
-        changed.insert("State", Variant::from(obj.state()));
+    record: Arc<Record>,
+) -> zbus::Result<()> {
+    let progress = record::Wire(&record);
+    let mut messages = Vec::with_capacity(2);
+    messages.push(signal(conn, PATH, SERVICE_INTERFACE, "ProgressChanged").build(&(account, &progress))?);
+    if let Some(path) = objects.get(account)
+        && let Ok(iface) = conn.object_server().interface::<_, Account>(path.as_str()).await
+    {
+        let old = std::mem::replace(&mut iface.get_mut().await.record, record.clone());
+        let changed = Changed::new(&old, &record, &progress);
+        let body = (ACCOUNT_INTERFACE, changed, &[] as &[&str]);
+        messages.push(signal(conn, path, PROPERTIES_INTERFACE, "PropertiesChanged").build(&body)?);
     }
-    if old.owner != new.owner {
-        changed.insert("Owner", Variant::from(obj.owner()));
-    }
-    if old.pid != new.pid {
-        changed.insert("Pid", Variant::from(obj.pid()));
-    }
-    let name = InterfaceName::from_static_str_unchecked(ACCOUNT_INTERFACE);
-    let sent =
-        zbus::fdo::Properties::properties_changed(iface.signal_emitter(), name, changed, (&[][..]).into());
-    if let Err(err) = sent.await {
-        tracing::warn!(%err, "cannot emit PropertiesChanged");
+    conn.send_all(&messages).await
+}
+
+/// A signal from `path` of this connection, as `SignalEmitter::emit` builds it.
+fn signal<'a>(
+    conn: &'a Connection,
+    path: &'a str,
+    interface: &'static str,
+    member: &'static str,
+) -> zbus::message::Builder<'a> {
+    let builder = zbus::Message::signal(path, interface, member);
+    match conn.unique_name() {
+        Some(name) => builder.sender(name),
+        None => builder,
     }
 }
+
+const PROPERTIES_INTERFACE: &str = "org.freedesktop.DBus.Properties";
