@@ -71,8 +71,7 @@ pub struct Job {
 /// The job of `account`'s record: `None` unless the service itself runs its sync.
 #[must_use]
 pub fn job_of(account: &str, r: &Record) -> Option<Job> {
-    let running = matches!(r.state, State::Syncing | State::Stopping | State::Stuck);
-    if !running || r.owner != Some(Owner::Service) {
+    if !is_a_job(r) {
         return None;
     }
     let info = match r.state {
@@ -86,6 +85,11 @@ pub fn job_of(account: &str, r: &Record) -> Option<Job> {
         amounts: r.messages.filter(|m| m.total > 0).map(|m| (m.done.min(m.total), m.total)),
         percent: r.percent.map(|p| p.clamp(0.0, 100.0).floor() as u32),
     })
+}
+
+/// Whether `r` is of a run the service makes (a job while it runs).
+fn is_a_job(r: &Record) -> bool {
+    matches!(r.state, State::Syncing | State::Stopping | State::Stuck) && r.owner == Some(Owner::Service)
 }
 
 /// The exact counts of a run that just ended well, for the job's last update: a finished job
@@ -119,6 +123,10 @@ struct View {
 async fn run(conn: Connection, core: Core<BusLocks>, mut inputs: mpsc::UnboundedReceiver<Input>) {
     let mut views: BTreeMap<String, Option<View>> = BTreeMap::new();
     while let Some(Input::Record { account, record }) = inputs.recv().await {
+        // No server for this run: nothing to show until it ends (most desktops have none).
+        if matches!(views.get(&account), Some(None)) && is_a_job(&record) {
+            continue;
+        }
         let job = job_of(&account, &record);
         match (job, views.get_mut(&account)) {
             (Some(job), Some(Some(view))) => show(view, &job).await,
