@@ -17,6 +17,7 @@ use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
 use tokio::io::unix::AsyncFd;
 
 use crate::{
+    alarm::Alarm,
     core::{Core, Locks},
     foreign,
     mbsyncrc::{MbsyncConfig, StoreKind},
@@ -173,9 +174,30 @@ struct Watch {
     kept: HashMap<PathBuf, Kept>,
     /// Events were lost: scan /proc once the watches are placed anew.
     rescan: bool,
+    /// Lock files found opened but free, asked again at [`RECHECK`] before /proc is scanned.
+    recheck: Vec<PathBuf>,
+    recheck_alarm: Alarm,
 }
 
+/// How long after an open that found its lock free the lock is asked again. mbsync locks right
+/// after its open, but the inotify wakeup often runs this daemon on mbsync's CPU in between:
+/// syscall traces showed one to three such opens per sync of the service's own runs, each
+/// answered by a /proc scan (~85 readlinks); a second question 2 ms on finds the holder instead.
+const RECHECK: std::time::Duration = std::time::Duration::from_millis(2);
+
 impl Watch {
+    fn new(fd: AsyncFd<Ino>) -> Self {
+        Self {
+            fd,
+            dirs: HashMap::new(),
+            awaited: HashMap::new(),
+            kept: HashMap::new(),
+            rescan: false,
+            recheck: Vec::new(),
+            recheck_alarm: Alarm::new(),
+        }
+    }
+
     fn add(&mut self, dir: &Path, boxes_below: bool) {
         let mut flags = AddWatchFlags::IN_OPEN | AddWatchFlags::IN_ONLYDIR;
         if boxes_below {
@@ -365,8 +387,7 @@ pub async fn watch<L: Locks>(core: Core<L>) {
             return;
         }
     };
-    let mut watch =
-        Watch { fd, dirs: HashMap::new(), awaited: HashMap::new(), kept: HashMap::new(), rescan: false };
+    let mut watch = Watch::new(fd);
     loop {
         watch.place(&core);
         loop {
@@ -393,11 +414,26 @@ pub async fn watch<L: Locks>(core: Core<L>) {
                     drop(guard);
                     let (locks, replace) = watch.handle(events);
                     for path in locks {
-                        let probe = watch.probe(&path);
-                        core.lock_probed(probe);
+                        match watch.probe(&path) {
+                            LockProbe::Free => {
+                                if watch.recheck.is_empty() {
+                                    watch.recheck_alarm.set(Some(tokio::time::Instant::now() + RECHECK));
+                                }
+                                if !watch.recheck.contains(&path) {
+                                    watch.recheck.push(path);
+                                }
+                            }
+                            probe => core.lock_probed(probe),
+                        }
                     }
                     if replace {
                         break;
+                    }
+                }
+                () = watch.recheck_alarm.wait() => {
+                    for path in std::mem::take(&mut watch.recheck) {
+                        let probe = watch.probe(&path);
+                        core.lock_probed(probe);
                     }
                 }
                 // An edit may add channels, stores or SyncState places.
@@ -530,8 +566,7 @@ mod tests {
         std::fs::write(&lock, "").unwrap();
         let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).unwrap();
         let fd = crate::process::register(Ino(inotify)).unwrap();
-        let mut watch =
-            Watch { fd, dirs: HashMap::new(), awaited: HashMap::new(), kept: HashMap::new(), rescan: false };
+        let mut watch = Watch::new(fd);
         watch.add(dir.path(), false);
         let events = |watch: &mut Watch| match watch.fd.get_ref().0.read_events() {
             Ok(events) => watch.handle(events).0,
