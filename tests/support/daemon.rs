@@ -82,7 +82,12 @@ impl Daemon {
     /// Start the daemon on `bus` with the test bed's environment and wait until it owns
     /// `org.himalaya.Sync`.
     pub async fn start(bus: &str, env: &[(String, String)], log: &Path) -> Daemon {
-        let mut cmd = Command::new(BIN);
+        Self::start_program(Path::new(BIN), bus, env, log).await
+    }
+
+    /// [`Daemon::start`] with another build of the daemon (a bench's baseline).
+    pub async fn start_program(program: &Path, bus: &str, env: &[(String, String)], log: &Path) -> Daemon {
+        let mut cmd = Command::new(program);
         cmd.arg("daemon")
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
