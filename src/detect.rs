@@ -5,6 +5,8 @@
 //! inotify instance watches those directories for opens; the kernel names the holder of an opened
 //! `*.lock` (`F_GETLK` on that file), and /proc then confirms it is this user's mbsync with this
 //! config and says which channels its arguments sync (the service's own runs are known at once).
+//! A lock still free at its open is asked again 2 ms later: the wakeup often runs the daemon
+//! before mbsync has taken it.
 //! The core holds it by a pidfd from then on, so its end is seen at once too. Idle, nothing here
 //! wakes.
 
@@ -174,8 +176,9 @@ struct Watch {
     kept: HashMap<PathBuf, Kept>,
     /// Events were lost: scan /proc once the watches are placed anew.
     rescan: bool,
-    /// Lock files found opened but free, asked again at [`RECHECK`] before /proc is scanned.
-    recheck: Vec<PathBuf>,
+    /// Lock files found opened but free, and when to ask again ([`RECHECK`] after) before /proc
+    /// is scanned. Kept across a new placing of the watches: dropping them could miss a run.
+    recheck: Vec<(PathBuf, tokio::time::Instant)>,
     recheck_alarm: Alarm,
 }
 
@@ -196,6 +199,11 @@ impl Watch {
             recheck: Vec::new(),
             recheck_alarm: Alarm::new(),
         }
+    }
+
+    /// Set the recheck alarm to the earliest lock due to be asked again, if any.
+    fn arm_recheck(&mut self) {
+        self.recheck_alarm.set(self.recheck.iter().map(|(_, at)| *at).min());
     }
 
     fn add(&mut self, dir: &Path, boxes_below: bool) {
@@ -414,27 +422,27 @@ pub async fn watch<L: Locks>(core: Core<L>) {
                     drop(guard);
                     let (locks, replace) = watch.handle(events);
                     for path in locks {
-                        match watch.probe(&path) {
-                            LockProbe::Free => {
-                                if watch.recheck.is_empty() {
-                                    watch.recheck_alarm.set(Some(tokio::time::Instant::now() + RECHECK));
-                                }
-                                if !watch.recheck.contains(&path) {
-                                    watch.recheck.push(path);
-                                }
-                            }
+                        let probe = watch.probe(&path);
+                        watch.recheck.retain(|(p, _)| *p != path);
+                        match probe {
+                            LockProbe::Free => watch.recheck.push((path, tokio::time::Instant::now() + RECHECK)),
                             probe => core.lock_probed(probe),
                         }
                     }
+                    watch.arm_recheck();
                     if replace {
                         break;
                     }
                 }
                 () = watch.recheck_alarm.wait() => {
-                    for path in std::mem::take(&mut watch.recheck) {
+                    let now = tokio::time::Instant::now();
+                    let (due, later) = std::mem::take(&mut watch.recheck).into_iter().partition(|(_, at)| *at <= now);
+                    watch.recheck = later;
+                    for (path, _) in due {
                         let probe = watch.probe(&path);
                         core.lock_probed(probe);
                     }
+                    watch.arm_recheck();
                 }
                 // An edit may add channels, stores or SyncState places.
                 () = core.config_changed() => break,
@@ -456,7 +464,9 @@ impl<L: Locks> Core<L> {
         }
         let found = self.search_all(|search| match probe {
             LockProbe::Held(pid) => foreign::confirm(search, pid).into_iter().collect(),
-            // Opened, not yet locked (mbsync locks right after the open): /proc knows it already.
+            // Still free 2 ms after its open (asked again: see `detect::RECHECK`), or gone: a
+            // run that held it briefly, or one whose lock the kernel cannot name to us (another
+            // PID namespace). /proc knows it if it still runs.
             LockProbe::Free | LockProbe::NotOpened => foreign::scan(search),
         });
         for (info, channels) in found.unwrap_or_default() {
