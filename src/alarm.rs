@@ -134,6 +134,18 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn goes_off_again_when_set_again_after_going_off() {
+        let mut alarm = Alarm::new();
+        let start = Instant::now();
+        alarm.set(Some(start + Duration::from_millis(5)));
+        went_off_after(&mut alarm, start, 5).await;
+        // Its readiness was cleared at the first: the second wait waits for the new deadline.
+        let again = Instant::now();
+        alarm.set(Some(again + Duration::from_millis(20)));
+        went_off_after(&mut alarm, again, 20).await;
+    }
+
+    #[tokio::test]
     async fn a_moved_deadline_replaces_the_old_one() {
         let mut alarm = Alarm::new();
         let start = Instant::now();
