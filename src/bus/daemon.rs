@@ -216,13 +216,12 @@ async fn publish(
     }
 }
 
-/// Give the account object its new record and tell its watchers in one `PropertiesChanged`
-/// carrying every property that changed: a `GDBusProxy` (a GNOME Shell extension) then never sees
-/// a new State beside an old Owner or Progress.
-/// Publish a record: `ProgressChanged`, and the account object's `PropertiesChanged`, in one
-/// write. Two writes cost two wakeups of the bus daemon and, as it reads each, two of this
-/// daemon's runtime (the socket turns writable again); a publish is the most frequent thing the
-/// daemon does while a sync runs.
+/// Publish a record: `ProgressChanged`, and the account object's new record in one
+/// `PropertiesChanged` carrying every property that changed (a `GDBusProxy`, as in a GNOME Shell
+/// extension, then never sees a new State beside an old Owner or Progress), both in one write.
+/// Two writes cost two wakeups of the bus daemon and, as it reads each, two of this daemon's
+/// runtime (the socket turns writable again); a publish is what the daemon does most while a
+/// sync runs.
 async fn publish_progress(
     conn: &Connection,
     objects: &BTreeMap<String, String>,
@@ -238,7 +237,11 @@ async fn publish_progress(
         let old = std::mem::replace(&mut iface.get_mut().await.record, record.clone());
         let changed = Changed::new(&old, &record, &progress);
         let body = (ACCOUNT_INTERFACE, changed, &[] as &[&str]);
-        messages.push(signal(conn, path, PROPERTIES_INTERFACE, "PropertiesChanged").build(&body)?);
+        // Not expected (the path was valid when the object was served); the signal still goes.
+        match signal(conn, path, PROPERTIES_INTERFACE, "PropertiesChanged").build(&body) {
+            Ok(message) => messages.push(message),
+            Err(err) => tracing::warn!(%path, %err, "cannot build PropertiesChanged"),
+        }
     }
     conn.send_all(&messages).await
 }

@@ -130,7 +130,7 @@ async fn run(conn: Connection, core: Core<BusLocks>, mut inputs: mpsc::Unbounded
         let job = job_of(&account, &record);
         match (job, views.get_mut(&account)) {
             (Some(job), Some(Some(view))) => show(view, &job).await,
-            // No server for this run: asked once at its start.
+            // No server for this run (asked once at its start): skipped above.
             (Some(_), Some(None)) => {}
             (Some(job), None) => {
                 let view = open(&conn, &core, &account).await;
