@@ -4,8 +4,10 @@
 //! The daemon's CPU per sync moves ±20 % between runs on a shared VM, more than most changes
 //! move it, so comparing two `budgets` runs says little. Here each round syncs the same fresh
 //! 2,550-message maildir once under each build, in alternating order, each in a daemon started
-//! for that sync alone, and the two are compared round by round. `BENCH_ISYNC=15` uses isync
-//! 1.5.1 (default 1.4.4), `BENCH_ROUNDS` sets the rounds (default 12).
+//! for that sync alone, and the two are compared round by round. As in `budgets`, a sync's window
+//! runs from the `Sync` call to the client's `SyncFinished`; the daemon's run time comes from the
+//! scheduler (ns), mbsync's CPU from its 10 ms clock ticks. `BENCH_ISYNC=15` uses isync 1.5.1
+//! (default 1.4.4), `BENCH_ROUNDS` sets the rounds (default 12, at least 1).
 //!
 //! Real parts: private dbus-daemon, private Dovecot, real mbsync, two daemon binaries.
 
@@ -33,7 +35,8 @@ struct Sample {
     /// mbsync's CPU, s (10 ms ticks).
     mbsync_s: f64,
     wall_s: f64,
-    wakeups: u64,
+    /// The daemon's context switches, voluntary (wakeups) and not.
+    switches: u64,
 }
 
 fn main() {
@@ -49,7 +52,7 @@ fn main() {
 
 async fn run(baseline: &Path) {
     let version = if std::env::var("BENCH_ISYNC").is_ok_and(|v| v == "15") { Isync15 } else { Isync14 };
-    let rounds: usize = std::env::var("BENCH_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(12);
+    let rounds: usize = std::env::var("BENCH_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(12).max(1);
     let tb = Testbed::with_mbsync(version, SPEC);
     let bus = PrivateBus::start(None);
     let builds = [("baseline", baseline.to_owned()), ("this build", PathBuf::from(BIN))];
@@ -69,14 +72,14 @@ async fn run(baseline: &Path) {
         let s = &samples[b];
         let ms: Vec<f64> = s.iter().map(|x| x.daemon_ms).collect();
         let ratio: f64 = ms.iter().sum::<f64>() / 1e3 / s.iter().map(|x| x.mbsync_s).sum::<f64>();
-        let woke: Vec<f64> = s.iter().map(|x| x.wakeups as f64).collect();
+        let switches: Vec<f64> = s.iter().map(|x| x.switches as f64).collect();
         let wall: Vec<f64> = s.iter().map(|x| x.wall_s).collect();
         println!(
-            "  {name:>10}: daemon {:.1} ms per sync (median; min {:.1}, max {:.1}), {ratio:.4} of mbsync's CPU; woke {:.0} times; wall {:.3} s",
+            "  {name:>10}: daemon {:.1} ms per sync (median; min {:.1}, max {:.1}), {ratio:.4} of mbsync's CPU; {:.0} context switches; wall {:.3} s",
             percentile(&ms, 0.5),
             percentile(&ms, 0.0),
             percentile(&ms, 1.0),
-            percentile(&woke, 0.5),
+            percentile(&switches, 0.5),
             percentile(&wall, 0.5),
         );
     }
@@ -122,7 +125,7 @@ async fn sync_once(tb: &Testbed, bus: &PrivateBus, program: &Path) -> Sample {
         daemon_ms: (run_time_ns(daemon.pid()) - run0) as f64 / 1e6,
         mbsync_s: cpu_seconds(daemon.pid()).1 - kids0,
         wall_s,
-        wakeups: wakeups(daemon.pid()) - woke0,
+        switches: wakeups(daemon.pid()) - woke0,
     };
     daemon.stop("TERM", std::time::Duration::from_secs(10));
     sample
