@@ -201,6 +201,32 @@ impl Watch {
         }
     }
 
+    /// Ask about a lock file whose open was news: the answer, or `None` if the lock is free for
+    /// now and is to be asked again at [`RECHECK`] (see [`Watch::due_rechecks`]). An answer
+    /// replaces a question still pending for the same file.
+    fn ask(&mut self, path: PathBuf) -> Option<LockProbe> {
+        let probe = self.probe(&path);
+        self.recheck.retain(|(p, _)| *p != path);
+        let answer = if matches!(probe, LockProbe::Free) {
+            self.recheck.push((path, tokio::time::Instant::now() + RECHECK));
+            None
+        } else {
+            Some(probe)
+        };
+        self.arm_recheck();
+        answer
+    }
+
+    /// The lock files due to be asked again, taken off the list; the alarm moves to the next.
+    fn due_rechecks(&mut self) -> Vec<PathBuf> {
+        let now = tokio::time::Instant::now();
+        let (due, later): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.recheck).into_iter().partition(|(_, at)| *at <= now);
+        self.recheck = later;
+        self.arm_recheck();
+        due.into_iter().map(|(path, _)| path).collect()
+    }
+
     /// Set the recheck alarm to the earliest lock due to be asked again, if any.
     fn arm_recheck(&mut self) {
         self.recheck_alarm.set(self.recheck.iter().map(|(_, at)| *at).min());
@@ -422,27 +448,19 @@ pub async fn watch<L: Locks>(core: Core<L>) {
                     drop(guard);
                     let (locks, replace) = watch.handle(events);
                     for path in locks {
-                        let probe = watch.probe(&path);
-                        watch.recheck.retain(|(p, _)| *p != path);
-                        match probe {
-                            LockProbe::Free => watch.recheck.push((path, tokio::time::Instant::now() + RECHECK)),
-                            probe => core.lock_probed(probe),
+                        if let Some(probe) = watch.ask(path) {
+                            core.lock_probed(probe);
                         }
                     }
-                    watch.arm_recheck();
                     if replace {
                         break;
                     }
                 }
                 () = watch.recheck_alarm.wait() => {
-                    let now = tokio::time::Instant::now();
-                    let (due, later) = std::mem::take(&mut watch.recheck).into_iter().partition(|(_, at)| *at <= now);
-                    watch.recheck = later;
-                    for (path, _) in due {
+                    for path in watch.due_rechecks() {
                         let probe = watch.probe(&path);
                         core.lock_probed(probe);
                     }
-                    watch.arm_recheck();
                 }
                 // An edit may add channels, stores or SyncState places.
                 () = core.config_changed() => break,
