@@ -118,10 +118,9 @@ pub async fn drive(
                 mbsync.signal(Signal::SIGTERM);
                 kill_at = Some(Instant::now() + limits.grace);
                 sink.stopping();
-                throttle.sent(Instant::now().into_std());
-                publish_at = None;
+                // What a stopped mbsync still prints goes out as it comes.
                 mbsync.hold_until(None);
-                sink.publish();
+                changed(&mut throttle, &mut publish_at, sink, mbsync, false);
             }
             () = sleep_until(kill_at.unwrap_or_else(Instant::now)), if kill_at.is_some() => {
                 kill_at = None;
@@ -141,7 +140,9 @@ pub async fn drive(
                 let now = Instant::now();
                 throttle.fired(now.into_std());
                 sink.publish();
-                mbsync.hold_until(Some(now + throttle::DEFAULT_INTERVAL));
+                if stopped.is_none() {
+                    mbsync.hold_until(Some(now + throttle::DEFAULT_INTERVAL));
+                }
             }
             () = &mut stall_check, if !stuck => {
                 let deadline = moved_at + limits.stall;
@@ -149,8 +150,7 @@ pub async fn drive(
                     stuck = true;
                     tracing::info!(pid = mbsync.pid(), "mbsync has not moved for {:?}", limits.stall);
                     sink.stalled(true);
-                    throttle.sent(Instant::now().into_std());
-                    sink.publish();
+                    changed(&mut throttle, &mut publish_at, sink, mbsync, stopped.is_none());
                 } else {
                     stall_check.as_mut().reset(deadline);
                 }
@@ -158,28 +158,17 @@ pub async fn drive(
             out = mbsync.next() => match out {
                 Output::Stdout(bytes) => {
                     moved_at = Instant::now();
+                    let mut moved = false;
                     if stuck {
                         stuck = false;
                         stall_check.as_mut().reset(moved_at + limits.stall);
                         sink.stalled(false);
-                        throttle.sent(moved_at.into_std());
-                        sink.publish();
+                        moved = true;
                     }
                     parser.feed_latest(&bytes, &mut events);
                     mbsync.recycle(bytes);
-                    if sink.apply(&mut events) {
-                        let now = Instant::now();
-                        match throttle.changed(now.into_std()) {
-                            Decision::Send => {
-                                sink.publish();
-                                mbsync.hold_until(Some(now + throttle::DEFAULT_INTERVAL));
-                            }
-                            Decision::SendAt(at) => {
-                                publish_at = Some(at.into());
-                                mbsync.hold_until(publish_at);
-                            }
-                            Decision::Pending => {}
-                        }
+                    if sink.apply(&mut events) | moved {
+                        changed(&mut throttle, &mut publish_at, sink, mbsync, stopped.is_none());
                     }
                 }
                 Output::Exited(exit) => {
@@ -191,4 +180,32 @@ pub async fn drive(
         }
     };
     Ended { exit, stopped }
+}
+
+/// The record changed: publish it now, or at the throttle's next slot (a stop, a stall, and the
+/// end of a stall too: one signal per interval, whatever changed). With `hold`, mbsync's output
+/// is held until the next publish (see [`Mbsync::hold_until`]).
+fn changed(
+    throttle: &mut Throttle,
+    publish_at: &mut Option<Instant>,
+    sink: &impl Sink,
+    mbsync: &mut Mbsync,
+    hold: bool,
+) {
+    let now = Instant::now();
+    match throttle.changed(now.into_std()) {
+        Decision::Send => {
+            sink.publish();
+            if hold {
+                mbsync.hold_until(Some(now + throttle::DEFAULT_INTERVAL));
+            }
+        }
+        Decision::SendAt(at) => {
+            *publish_at = Some(at.into());
+            if hold {
+                mbsync.hold_until(*publish_at);
+            }
+        }
+        Decision::Pending => {}
+    }
 }

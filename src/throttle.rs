@@ -62,8 +62,8 @@ impl Throttle {
         self.last_sent = Some(now);
     }
 
-    /// Something was published outside the throttle (the final state): a pending timer has
-    /// nothing left to send.
+    /// Something was published outside the throttle (a run's first state, which its caller
+    /// publishes): the next change waits its interval, and a pending timer has nothing to send.
     pub fn sent(&mut self, now: Instant) {
         self.scheduled = false;
         self.last_sent = Some(now);

@@ -5,14 +5,14 @@
 
 mod support;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use support::{
     MbsyncVersion::{self, Isync14, Isync15},
     daemon::{
-        Dict, World, assert_progress_is_honest, connect, describe, error_name, get, mbsync_pids_for,
-        read_until_final, service, wait_until, with_timeout,
+        Dict, World, assert_progress_is_honest, connect, describe, error_name, get, is_final,
+        mbsync_pids_for, read_until_final, service, wait_until, with_timeout,
     },
 };
 
@@ -178,16 +178,31 @@ async fn second_sync_is_refused_and_cancel_stops_safely(version: MbsyncVersion) 
         assert_eq!(error_name(svc.sync("everyone").await), "org.himalaya.Sync.Error.AlreadySyncing");
         assert_eq!(error_name(svc.cancel("bob").await), "org.himalaya.Sync.Error.NotRunning");
         let pid: u32 = get(&svc.get_progress("alice").await.unwrap(), "pid").unwrap();
-        // Let it get into the data.
-        wait_until("mbsync to pull messages", Duration::from_secs(20), || async {
-            get::<u32>(&svc.get_progress("alice").await.unwrap(), "messages_done").unwrap_or(0) > 0
-        })
-        .await;
+        // Let it get into the data, and cancel right after a signal: the stop's own signal
+        // still keeps the throttle's spacing.
+        let mut records = Vec::new();
+        while records.last().is_none_or(|r| get::<u32>(r, "messages_done").unwrap_or(0) == 0) {
+            let signal = progress.next().await.unwrap();
+            records.push(signal.args().unwrap().progress);
+        }
+        let mut times = vec![Instant::now()];
         svc.cancel("alice").await.unwrap();
         // Progress first: an unread stream would stall the connection (zbus queues 64 per
         // stream), and the final record always comes before SyncFinished.
-        let mut records = Vec::new();
-        read_until_final(&mut progress, "alice", &mut records).await;
+        while !records.last().is_some_and(is_final) {
+            let signal = progress.next().await.unwrap();
+            times.push(Instant::now());
+            records.push(signal.args().unwrap().progress);
+        }
+        // Sent 100 ms apart at least; 50 ms leaves room for the bus's and this test's jitter. The
+        // final state is never held.
+        for (i, gap) in times.windows(2).map(|w| w[1] - w[0]).enumerate().take(times.len() - 2) {
+            let n = i + 1;
+            assert!(
+                gap >= Duration::from_millis(50),
+                "signal {n} after the cancel came {gap:?} after the one before"
+            );
+        }
         assert_progress_is_honest(&records, false);
         let args = finished.next().await.unwrap();
         let args = args.args().unwrap();
