@@ -400,8 +400,16 @@ enum Seen<'a> {
     Service(bool),
     State(&'a State),
     Progress(&'a str, Value),
-    Finished(&'a str, bool, &'a str),
+    /// A run's end: its account, whether it went well, the service's message, and whether it was
+    /// stopped on purpose (cancelled or interrupted, as the run's final record says).
+    Finished(&'a str, bool, &'a str, bool),
     AutoTakeover(bool),
+}
+
+/// A run's end for people: the service's message when the run went well or was stopped on
+/// purpose ("sync cancelled", "sync interrupted; …"), else a failure with its reason.
+fn end_line(account: &str, ok: bool, message: &str, stopped: bool) -> String {
+    if ok || stopped { format!("{account}: {message}") } else { format!("{account}: sync failed: {message}") }
 }
 
 /// `watch [--json]`: the current state, then one line per change, for as long as the bus lives.
@@ -490,9 +498,13 @@ impl Watch {
 
     /// Print what was seen in the watch's format. Bars print only when their line changes.
     fn show(&mut self, seen: Seen<'_>) -> Result<()> {
-        match seen {
-            Seen::Service(up) => self.up = Some(up),
+        match &seen {
+            Seen::Service(up) => self.up = Some(*up),
             Seen::State(_) => self.up = Some(true),
+            // Kept in every format: a run's end is told by its final record.
+            Seen::Progress(account, record) => {
+                self.records.insert((*account).to_owned(), record.clone());
+            }
             _ => {}
         }
         if let Some(bars) = &mut self.bars {
@@ -511,7 +523,7 @@ impl Watch {
             (WatchFormat::Json, Seen::Progress(account, record)) => {
                 json!({ "event": "progress", "account": account, "progress": record }).to_string()
             }
-            (WatchFormat::Json, Seen::Finished(account, ok, message)) => {
+            (WatchFormat::Json, Seen::Finished(account, ok, message, _)) => {
                 json!({ "event": "finished", "account": account, "ok": ok, "message": message }).to_string()
             }
             (WatchFormat::Json, Seen::AutoTakeover(on)) => {
@@ -523,8 +535,8 @@ impl Watch {
                 return state.accounts.iter().try_for_each(|(name, r)| Self::emit(&human_line(name, r)));
             }
             (WatchFormat::Human, Seen::Progress(account, record)) => human_line(account, &record),
-            (WatchFormat::Human, Seen::Finished(account, ok, message)) => {
-                format!("{account}: {} ({message})", if ok { "finished" } else { "failed" })
+            (WatchFormat::Human, Seen::Finished(account, ok, message, stopped)) => {
+                end_line(account, ok, message, stopped)
             }
             (WatchFormat::Human, Seen::AutoTakeover(on)) => {
                 format!("auto-takeover: {}", if on { "on" } else { "off" })
@@ -551,8 +563,8 @@ impl Watch {
                 }
             }
             Seen::Progress(account, record) => bars.show(account, &record),
-            Seen::Finished(account, ok, message) => {
-                bars.println(&format!("{account}: {} ({message})", if ok { "finished" } else { "failed" }));
+            Seen::Finished(account, ok, message, stopped) => {
+                bars.println(&end_line(account, ok, message, stopped));
             }
             Seen::AutoTakeover(on) => {
                 bars.println(&format!("auto-takeover: {}", if on { "on" } else { "off" }));
@@ -598,7 +610,9 @@ impl Watch {
                 }
                 Some(signal) = self.finished.next() => {
                     let Ok(args) = signal.args() else { continue };
-                    self.show(Seen::Finished(args.account, args.ok, args.message))?;
+                    let result = self.records.get(args.account).and_then(|r| r["last_result"].as_str());
+                    let stopped = matches!(result, Some("cancelled" | "interrupted"));
+                    self.show(Seen::Finished(args.account, args.ok, args.message, stopped))?;
                 }
                 Some(signal) = self.changed.next() => {
                     let Ok(args) = signal.args() else { continue };
@@ -648,4 +662,19 @@ async fn current_state(proxy: &ServiceProxy<'_>) -> std::result::Result<State, S
         auto_takeover: proxy.auto_takeover().await?,
         auto_takeover_timeout: proxy.auto_takeover_timeout().await?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::end_line;
+
+    #[test]
+    fn a_run_stopped_on_purpose_is_no_failure() {
+        assert_eq!(end_line("bob", true, "sync finished", false), "bob: sync finished");
+        assert_eq!(end_line("bob", false, "sync cancelled", true), "bob: sync cancelled");
+        assert_eq!(
+            end_line("bob", false, "IMAP command 'LOGIN' returned an error", false),
+            "bob: sync failed: IMAP command 'LOGIN' returned an error"
+        );
+    }
 }

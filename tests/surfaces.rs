@@ -158,8 +158,16 @@ async fn a_terminal_gets_one_bar_redrawn_in_place() {
         let out = run_cli(w.bus.address(), &w.tb.env(), &["sync", "bob"]);
         assert!(out.status.success(), "{out:?}");
         support::wait_for("watch to see the end", Duration::from_secs(20), || {
-            plain(&watch.so_far()).contains("bob: finished (sync finished)")
+            plain(&watch.so_far()).contains("bob: sync finished")
         });
+        // A run cancelled on purpose is told as such, not as a failure.
+        w.tb.dovecot.add_messages("bob", "INBOX", 300);
+        w.svc.sync("bob").await.unwrap();
+        w.svc.cancel("bob").await.unwrap();
+        support::wait_for("watch to see the cancel", Duration::from_secs(20), || {
+            plain(&watch.so_far()).contains("bob: sync cancelled")
+        });
+        assert!(!plain(&watch.so_far()).contains("failed"), "{:?}", plain(&watch.so_far()));
         support::daemon::send_signal(watch.child.id(), "TERM");
         let (out, _) = tokio::task::spawn_blocking(move || watch.wait()).await.unwrap();
         let text = plain(&out);
