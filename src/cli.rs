@@ -456,7 +456,8 @@ struct Watch {
     format: WatchFormat,
     /// Whether the service answers: `None` until the first answer or "not running" line.
     up: Option<bool>,
-    /// For bars: every account's last record and the last line printed.
+    /// Every account's last record (what bars show; a run's end is told by its final record),
+    /// and the last bar line printed.
     records: BTreeMap<String, Value>,
     last_bar: Option<String>,
     /// `watch` for people on a terminal: one live bar per account.
@@ -500,8 +501,10 @@ impl Watch {
     fn show(&mut self, seen: Seen<'_>) -> Result<()> {
         match &seen {
             Seen::Service(up) => self.up = Some(*up),
-            Seen::State(_) => self.up = Some(true),
-            // Kept in every format: a run's end is told by its final record.
+            Seen::State(state) => {
+                self.up = Some(true);
+                self.records.clone_from(&state.accounts);
+            }
             Seen::Progress(account, record) => {
                 self.records.insert((*account).to_owned(), record.clone());
             }
@@ -541,7 +544,9 @@ impl Watch {
             (WatchFormat::Human, Seen::AutoTakeover(on)) => {
                 format!("auto-takeover: {}", if on { "on" } else { "off" })
             }
-            (_, seen) => match self.bar_line(seen) {
+            // A bar shows records and the service's presence only.
+            (_, Seen::Finished(..) | Seen::AutoTakeover(_)) => return Ok(()),
+            (_, _) => match self.bar_line() {
                 Some(line) => line,
                 None => return Ok(()),
             },
@@ -572,17 +577,9 @@ impl Watch {
         }
     }
 
-    /// A bar's new line, if what it shows changed.
-    fn bar_line(&mut self, seen: Seen<'_>) -> Option<String> {
+    /// A bar's new line from `records` (which `show` keeps), if what it shows changed.
+    fn bar_line(&mut self) -> Option<String> {
         let up = self.up == Some(true);
-        match seen {
-            Seen::Service(_) => {}
-            Seen::State(state) => self.records.clone_from(&state.accounts),
-            Seen::Progress(account, record) => {
-                self.records.insert(account.to_owned(), record);
-            }
-            Seen::Finished(..) | Seen::AutoTakeover(_) => return None,
-        }
         let line = match &self.format {
             WatchFormat::Template(template) => match (up, crate::bar::most_relevant(&self.records)) {
                 (true, Some((account, r))) => crate::bar::render(template, account, r),
